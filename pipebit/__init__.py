@@ -1,0 +1,69 @@
+"""PipeBit: named pipelines between processes on one machine, over shared memory.
+
+A pipe is named by a plain string.  One side sends lists, the other receives
+them::
+
+    import pipebit
+
+    sender = pipebit.SafeSender("data_pipe", 0)
+    sender.send([1, 2, 3])
+
+    receiver = pipebit.SafeReceiver("data_pipe", 0)   # in another process
+    receiver.receive()                                # -> [[1, 2, 3]]
+
+The Safe pipeline (``SafeSender``/``SafeReceiver``, also ``BitPackSender``/
+``BitPackReceiver``) is lossless and ordered.  See the README for the details
+and ``docs/format.md`` for the shared-memory layout.
+"""
+
+from ._pipe import DEFAULT_CAPACITY
+from ._pipe import remove_pipe as remove
+from .errors import (
+    ArgumentTypeError,
+    CorruptPacketError,
+    InvalidArgumentError,
+    InvalidNameError,
+    ModelMismatchError,
+    PacketSizeError,
+    PacketTypeError,
+    PipeBitError,
+    PipeBitWarning,
+    PipeBusyError,
+    PipeClosedError,
+    PipeFormatError,
+    PipeNotFoundError,
+    PipePermissionError,
+    PipeTimeoutError,
+    UndeliveredPacketsWarning,
+    WorkerError,
+)
+from .safe import BitPackReceiver, BitPackSender, SafeReceiver, SafeSender
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "ArgumentTypeError",
+    "BitPackReceiver",
+    "BitPackSender",
+    "CorruptPacketError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "ModelMismatchError",
+    "PacketSizeError",
+    "PacketTypeError",
+    "PipeBitError",
+    "PipeBitWarning",
+    "PipeBusyError",
+    "PipeClosedError",
+    "PipeFormatError",
+    "PipeNotFoundError",
+    "PipePermissionError",
+    "PipeTimeoutError",
+    "SafeReceiver",
+    "SafeSender",
+    "UndeliveredPacketsWarning",
+    "WorkerError",
+    "__version__",
+    "remove",
+]

@@ -1,0 +1,137 @@
+"""Packets to bytes and back.  Pure: no I/O; raises only PipeBit packet errors.
+
+The wire format is MessagePack (https://msgpack.org/), chosen because it is a
+data-only format: decoding can build lists, dicts, strings, numbers and bytes,
+and nothing else -- unlike pickle, it never imports or calls anything named by
+the bytes, so a hostile writer can at worst make a receiver see a wrong packet
+or a :class:`CorruptPacketError`.
+
+What round-trips, with its type: ``None``, ``bool``, ``int`` (any size: those
+outside 64 bits travel as extension type 1, signed big-endian two's complement),
+``float``, ``str``, ``bytes``, and lists and dicts of these.  Tuples travel as
+arrays and arrive as lists; a dict key that is a tuple arrives as a tuple.
+``bytearray`` and ``memoryview`` arrive as ``bytes``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, List, Sequence, Union
+
+import msgpack
+
+from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
+
+Packet = List[Any]
+
+EXT_BIG_INT = 1
+
+ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple and dict"
+
+
+def _pack_unsupported(obj: object) -> msgpack.ExtType:
+    """``default`` hook of the packer: big ints get an extension type, anything else is refused."""
+    if isinstance(obj, int) and not isinstance(obj, bool):
+        length = (obj.bit_length() + 8) // 8
+        return msgpack.ExtType(EXT_BIG_INT, obj.to_bytes(length, "big", signed=True))
+    raise PacketTypeError(f"a packet cannot carry a value of type {type(obj).__name__!r}; it can carry {ALLOWED_TYPES}")
+
+
+_local = threading.local()
+
+
+def _packer() -> Callable[[object], bytes]:
+    # A Packer keeps an internal buffer, so one instance must not be entered by two
+    # threads at once (it can be, when ``default`` runs Python code): one per thread.
+    try:
+        return _local.pack  # type: ignore[no-any-return]
+    except AttributeError:
+        pack: Callable[[object], bytes] = msgpack.Packer(default=_pack_unsupported, use_bin_type=True).pack
+        _local.pack = pack
+        return pack
+
+
+def encode(packet: object) -> bytes:
+    """Encode one packet, or raise :class:`PacketTypeError` naming what is wrong.
+
+    The result is a snapshot: later changes to ``packet`` do not affect it.
+    """
+    if not isinstance(packet, (list, tuple)):
+        raise PacketTypeError(f"a packet must be a list or tuple, not {type(packet).__name__!r}")
+    try:
+        return _packer()(packet)
+    except PacketTypeError:
+        raise
+    except TypeError as exc:  # msgpack's own refusals, e.g. a dict subclass it cannot iterate
+        raise PacketTypeError(f"packet cannot be encoded: {exc}") from exc
+    except ValueError as exc:  # "recursion limit exceeded": too deep, or a list containing itself
+        raise PacketSizeError(f"packet nests too deeply (or contains itself): {exc}") from exc
+    except OverflowError as exc:  # pragma: no cover - big ints go through _pack_unsupported
+        raise PacketTypeError(f"packet cannot be encoded: {exc}") from exc
+
+
+def array_header(count: int) -> bytes:
+    """The MessagePack header of an array of ``count`` items."""
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 0x10000:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def join_batch(encoded: Sequence[bytes]) -> bytes:
+    """One MessagePack array holding already-encoded packets, ready to decode in one call."""
+    return array_header(len(encoded)) + b"".join(encoded)
+
+
+def _unpack_ext(code: int, data: bytes) -> object:
+    if code == EXT_BIG_INT and data:
+        return int.from_bytes(data, "big", signed=True)
+    raise ValueError(f"unknown extension type {code}")
+
+
+def _freeze(key: object) -> object:
+    if isinstance(key, list):
+        return tuple(_freeze(k) for k in key)
+    return key
+
+
+def _pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    try:
+        return dict(pairs)
+    except TypeError:  # a tuple key arrived as a list: give it back as the tuple it was
+        return {_freeze(k): v for k, v in pairs}
+
+
+_unpack_options: dict[str, Any] = {
+    "raw": False,
+    "strict_map_key": False,
+    "ext_hook": _unpack_ext,
+    "object_pairs_hook": _pairs_to_dict,
+    "use_list": True,
+}
+
+
+def decode_batch(payload: Union[bytes, memoryview], count: int) -> list[Packet]:
+    """Decode a record's payload into ``count`` packets, or raise :class:`CorruptPacketError`."""
+    try:
+        packets = msgpack.unpackb(payload, **_unpack_options)
+    except Exception as exc:  # msgpack raises many types for bad input; all mean "corrupt"
+        raise CorruptPacketError(f"record does not decode: {exc.__class__.__name__}: {exc}") from exc
+    if type(packets) is not list or len(packets) != count:
+        raise CorruptPacketError(f"record should hold {count} packets, it decodes to something else")
+    for packet in packets:
+        if type(packet) is not list:
+            raise CorruptPacketError(f"record holds a {type(packet).__name__}, not a packet (list)")
+    return packets
+
+
+def decode(payload: Union[bytes, memoryview]) -> Packet:
+    """Decode one encoded packet, or raise :class:`CorruptPacketError`."""
+    try:
+        packet = msgpack.unpackb(payload, **_unpack_options)
+    except Exception as exc:
+        raise CorruptPacketError(f"packet does not decode: {exc.__class__.__name__}: {exc}") from exc
+    if type(packet) is not list:
+        raise CorruptPacketError(f"bytes decode to a {type(packet).__name__}, not a packet (list)")
+    return packet

@@ -1,0 +1,199 @@
+"""The byte layout of a pipe's shared-memory segment.  Pure: no I/O, no locks.
+
+A segment is a fixed header, a participant table, then the data area::
+
+    offset  size  field             written            meaning
+    ------  ----  ----------------  -----------------  ------------------------------------------
+         0     8  magic             at creation, last  b"PIPEBIT\\0"; zero while being created
+         8     4  version           at creation        LAYOUT_VERSION
+        12     4  byte_order        at creation        0x01020304 in the writer's native order
+        16     4  model             at creation        MODEL_SAFE (1) or MODEL_FAST (2)
+        20     4  slot_count        at creation        entries in the participant table
+        24     8  data_offset       at creation        where the data area starts
+        32     8  capacity          at creation        bytes in the data area
+        40     8  packet_len        creation/override  required elements per packet, 0 = any
+        48     8  created_ns        at creation        time.time_ns() of creation: identifies this
+                                                       incarnation of the name
+        56     8  name_len          at creation        bytes of the UTF-8 name that follow
+        64    64  name              at creation        the pipe's real name, NUL padded
+       128     8  head              by writers, last   bytes ever committed (ring position)
+       136     8  tail              by writers         oldest retained position (a record start)
+       144     8  packets           by writers         packets ever committed
+       152     8  last_write_ns     by writers         time.time_ns() of the newest commit
+       160     8  writers_waiting   by writers         writers sleeping for room; receivers post
+       168     8  epoch             by override        bumped whenever the contents are reset
+       176     8  flags             by remove          FLAG_REMOVED once the pipe is unlinked
+       184     8  slot_high         by attachers       1 + highest slot index ever claimed
+       192    64  (reserved, zero)
+       256  64*n  participant table, n = slot_count, one 64-byte slot each:
+                  +0  role        ROLE_FREE (0), ROLE_RECEIVER (1) or ROLE_SENDER (2)
+                  +8  pid         the holder's process id (informational; liveness is a lock)
+                  +16 token       random id chosen by the holder at claim time
+                  +24 cursor      receivers: next ring position to read
+                  +32 next_seq    receivers: sequence number of the next packet to read
+                  +40 waiting     receivers: 1 while asleep and wanting a semaphore post
+                  +48 attached_ns time.time_ns() of the claim
+                  +56 count       packets sent (senders) or read (receivers)
+    data_offset      data area: the ring (Safe) or the latest-value slot (Fast)
+
+Every field at offset 128 and beyond is an aligned 8-byte unsigned integer that
+other processes read while it changes, so it is only ever stored whole through
+``memoryview.cast("Q")`` (``struct.pack_into`` would let a reader see it half
+written).  Integers are in native byte order; ``byte_order`` lets a reader on
+another architecture refuse the segment instead of misreading it.
+
+The Safe ring holds records at 8-byte aligned positions.  A position is a
+byte count that only grows; its place in the data area is ``position %
+capacity``.  Each record is::
+
+    +0  u32 payload_len   0xFFFFFFFF marks "skip to the start of the next lap"
+    +4  u32 count         packets in the record
+    +8  u64 first_seq     sequence number of its first packet
+    +16 payload           one msgpack array of ``count`` packets, then zero padding to 8
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+MAGIC = b"PIPEBIT\x00"
+LAYOUT_VERSION = 1
+BYTE_ORDER_MARK = 0x01020304
+
+MODEL_SAFE = 1
+MODEL_FAST = 2
+MODEL_NAMES = {MODEL_SAFE: "safe", MODEL_FAST: "fast"}
+
+ROLE_FREE = 0
+ROLE_RECEIVER = 1
+ROLE_SENDER = 2
+
+FLAG_REMOVED = 1
+
+SLOT_COUNT = 64
+SLOT_SIZE = 64
+TABLE_OFFSET = 256
+NAME_FIELD = 64
+DATA_OFFSET = TABLE_OFFSET + SLOT_COUNT * SLOT_SIZE
+
+# The static part of the header, written once at creation (magic last, separately).
+STATIC = struct.Struct("=8sIIII QQQQQ 64s")
+assert STATIC.size == 128
+
+# Indices into the header seen as an array of u64 (``memoryview.cast("Q")``).
+PACKET_LEN = 40 // 8
+CREATED_NS = 48 // 8
+HEAD = 128 // 8
+TAIL = 136 // 8
+PACKETS = 144 // 8
+LAST_WRITE_NS = 152 // 8
+WRITERS_WAITING = 160 // 8
+EPOCH = 168 // 8
+FLAGS = 176 // 8
+SLOT_HIGH = 184 // 8
+
+# Offsets inside a slot, in u64 units; add ``slot_base(i)``.
+S_ROLE = 0
+S_PID = 1
+S_TOKEN = 2
+S_CURSOR = 3
+S_NEXT_SEQ = 4
+S_WAITING = 5
+S_ATTACHED_NS = 6
+S_COUNT = 7
+
+RECORD = struct.Struct("=IIQ")
+RECORD_HEADER = RECORD.size
+WRAP_MARK = 0xFFFFFFFF
+ALIGN = 8
+
+MIN_CAPACITY = 4096
+MAX_CAPACITY = 1 << 34  # 16 GiB: well past any sane ring, well inside u32 record lengths x many
+
+
+def slot_base(index: int) -> int:
+    """Index of slot ``index``'s first field in the u64 view of the header."""
+    return (TABLE_OFFSET + index * SLOT_SIZE) // 8
+
+
+def align(n: int) -> int:
+    """Round ``n`` up to the ring's alignment."""
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def segment_size(capacity: int) -> int:
+    """Total bytes of a segment whose data area holds ``capacity`` bytes."""
+    return DATA_OFFSET + capacity
+
+
+def pack_static(model: int, capacity: int, packet_len: int, created_ns: int, name: str) -> bytes:
+    """The first 128 header bytes, with the magic left zero (it is stored last)."""
+    raw_name = name.encode("utf-8")
+    return STATIC.pack(
+        b"\x00" * 8,
+        LAYOUT_VERSION,
+        BYTE_ORDER_MARK,
+        model,
+        SLOT_COUNT,
+        DATA_OFFSET,
+        capacity,
+        packet_len,
+        created_ns,
+        len(raw_name),
+        raw_name,
+    )
+
+
+class HeaderInfo(NamedTuple):
+    """The static header fields, validated.  Built only by :func:`read_static`."""
+
+    model: int
+    slot_count: int
+    data_offset: int
+    capacity: int
+    created_ns: int
+    name: str
+
+
+class LayoutProblem(Exception):
+    """Internal: the header is not valid.  ``blank`` is true for an all-zero header."""
+
+    def __init__(self, reason: str, *, blank: bool = False) -> None:
+        super().__init__(reason)
+        self.blank = blank
+
+
+def read_static(buf: memoryview | bytes, segment_bytes: int) -> HeaderInfo:
+    """Validate the static header of a segment of ``segment_bytes`` bytes.
+
+    Raises :class:`LayoutProblem` describing the first thing that is wrong.  Nothing
+    in the header is trusted before the magic, version, byte order and sizes check out.
+    """
+    if segment_bytes < STATIC.size:
+        raise LayoutProblem(f"segment is {segment_bytes} bytes, smaller than a header", blank=segment_bytes == 0)
+    (magic, version, bom, model, slots, data_offset, capacity, _plen, created_ns, name_len, raw_name) = (
+        STATIC.unpack_from(buf, 0)
+    )
+    if magic != MAGIC:
+        blank = magic == b"\x00" * 8
+        raise LayoutProblem("magic bytes are missing (not a PipeBit segment)", blank=blank)
+    if version != LAYOUT_VERSION:
+        raise LayoutProblem(f"layout version {version}, this PipeBit reads version {LAYOUT_VERSION}")
+    if bom != BYTE_ORDER_MARK:
+        raise LayoutProblem("written by a machine of the other byte order")
+    if model not in MODEL_NAMES:
+        raise LayoutProblem(f"unknown model {model}")
+    if slots != SLOT_COUNT or data_offset != DATA_OFFSET:
+        raise LayoutProblem(f"participant table of {slots} slots at {data_offset} is not this version's")
+    if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % ALIGN:
+        raise LayoutProblem(f"capacity {capacity} is out of range")
+    if segment_size(capacity) > segment_bytes:
+        raise LayoutProblem(f"capacity {capacity} needs {segment_size(capacity)} bytes, segment has {segment_bytes}")
+    if not 0 < name_len <= NAME_FIELD:
+        raise LayoutProblem(f"name length {name_len} is out of range")
+    try:
+        name = bytes(raw_name[:name_len]).decode("utf-8")
+    except UnicodeDecodeError:
+        raise LayoutProblem("stored name is not UTF-8") from None
+    return HeaderInfo(model, slots, data_offset, capacity, created_ns, name)

@@ -1,0 +1,311 @@
+"""One process's attachment to a pipe, shared by both models and the tools.
+
+:func:`open_pipe` is the only way in: under the user-wide lifecycle lock it
+attaches to the pipe's segment or creates it, validates the header before
+trusting a byte of it, and applies ``override``.  The resulting :class:`Pipe`
+owns the mapping, the u64 view of the header and the writers' lock; it hands out
+:class:`Slot` s of the participant table, each held by a kernel lock so that a
+dead holder is recognised by anyone, whatever became of its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from typing import Callable
+
+import posix_ipc
+
+from . import _layout as L
+from . import _lock, _shm
+from .errors import (
+    ModelMismatchError,
+    PipeBusyError,
+    PipeFormatError,
+    PipeNotFoundError,
+)
+
+DEFAULT_CAPACITY = 4 << 20
+
+
+class Slot:
+    """A claimed entry of the participant table: its index, its lock, its semaphore."""
+
+    __slots__ = ("base", "index", "lock", "role", "semaphore", "token")
+
+    def __init__(self, index: int, role: int, token: int, lock: _lock.SlotLock) -> None:
+        self.index = index
+        self.base = L.slot_base(index)
+        self.role = role
+        self.token = token
+        self.lock = lock
+        self.semaphore: posix_ipc.Semaphore | None = None
+
+
+class Pipe:
+    """A mapped pipe.  Not thread-safe by itself: each endpoint serialises its own use."""
+
+    def __init__(self, name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
+        self.name = name
+        self.segment = segment
+        self.model = info.model
+        self.capacity = info.capacity
+        self.created_ns = info.created_ns
+        self.header = segment.view[: L.DATA_OFFSET].cast("Q")
+        self.data = segment.view[L.DATA_OFFSET : L.DATA_OFFSET + info.capacity]
+        self.lock = _lock.WriterLock(_shm.lock_path(name))
+        self._semaphores: dict[int, posix_ipc.Semaphore] = {}
+        self._writer_semaphore: posix_ipc.Semaphore | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Pipe {self.name!r} {L.MODEL_NAMES[self.model]} capacity={self.capacity}>"
+
+    # ----------------------------------------------------------------- table
+    def slot_alive(self, index: int) -> bool:
+        """Probe slot ``index``'s lock.  Call with the writers' lock held."""
+        return _lock.holder_is_alive(_shm.slot_path(self.name, index))
+
+    def free_dead_slot(self, index: int) -> bool:
+        """Mark slot ``index`` free if its holder is dead.  Call with the writers' lock held."""
+        base = L.slot_base(index)
+        if self.header[base + L.S_ROLE] == L.ROLE_FREE or self.slot_alive(index):
+            return False
+        self.header[base + L.S_ROLE] = L.ROLE_FREE
+        self.header[base + L.S_WAITING] = 0
+        return True
+
+    def claim_slot(self, role: int, init: Callable[[memoryview, int], None] | None = None) -> Slot:
+        """Take a free slot of the table for this process, reclaiming dead holders' slots.
+
+        ``init(header, base)`` runs under the writers' lock before the slot is
+        published, to set model-specific fields (a receiver's cursor).
+        """
+        h = self.header
+        with self.lock:
+            for index in range(L.SLOT_COUNT):
+                base = L.slot_base(index)
+                if h[base + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(index):
+                    continue
+                lock = _lock.SlotLock(_shm.slot_path(self.name, index))
+                if not lock.try_hold():  # a holder we could not see yet: not ours to take
+                    continue
+                token = secrets.randbits(63) or 1
+                h[base + L.S_ROLE] = L.ROLE_FREE
+                h[base + L.S_PID] = os.getpid()
+                h[base + L.S_TOKEN] = token
+                h[base + L.S_CURSOR] = 0
+                h[base + L.S_NEXT_SEQ] = 0
+                h[base + L.S_WAITING] = 0
+                h[base + L.S_ATTACHED_NS] = time.time_ns()
+                h[base + L.S_COUNT] = 0
+                if init is not None:
+                    init(h, base)
+                h[base + L.S_ROLE] = role
+                h[L.SLOT_HIGH] = max(h[L.SLOT_HIGH], index + 1)
+                return Slot(index, role, token, lock)
+        raise PipeBusyError(
+            f"pipe {self.name!r} already has {L.SLOT_COUNT} live senders and receivers attached; "
+            "close some before attaching more"
+        )
+
+    def release_slot(self, slot: Slot) -> None:
+        """Give the slot back.  Safe without the writers' lock: one store, then the kernel lock."""
+        if self.header[slot.base + L.S_TOKEN] == slot.token:
+            self.header[slot.base + L.S_WAITING] = 0
+            self.header[slot.base + L.S_ROLE] = L.ROLE_FREE
+        slot.lock.close()
+
+    def slot_semaphore(self, index: int) -> posix_ipc.Semaphore:
+        """The semaphore a sleeping participant in slot ``index`` waits on (cached)."""
+        sem = self._semaphores.get(index)
+        if sem is None:
+            sem = self._semaphores[index] = _shm.open_semaphore(self.name, f"{index:02d}")
+        return sem
+
+    def writer_semaphore(self) -> posix_ipc.Semaphore:
+        """The semaphore writers waiting for room sleep on (cached)."""
+        if self._writer_semaphore is None:
+            self._writer_semaphore = _shm.open_semaphore(self.name, "w")
+        return self._writer_semaphore
+
+    def live_participants(self) -> list[int]:
+        """Indices of occupied slots whose holders are alive.  Takes the writers' lock."""
+        with self.lock:
+            return [
+                i
+                for i in range(self.header[L.SLOT_HIGH])
+                if self.header[L.slot_base(i) + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(i)
+            ]
+
+    @property
+    def removed(self) -> bool:
+        """Whether someone removed this pipe (by name) while we were attached."""
+        return bool(self.header[L.FLAGS] & L.FLAG_REMOVED)
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Unmap and close descriptors.  Idempotent.  Does not release slots (see release_slot)."""
+        if self.closed:
+            return
+        self.closed = True
+        for sem in self._semaphores.values():
+            sem.close()
+        self._semaphores.clear()
+        if self._writer_semaphore is not None:
+            self._writer_semaphore.close()
+            self._writer_semaphore = None
+        self.lock.close()
+        self.header.release()
+        self.data.release()
+        self.segment.close()
+
+
+def _describe(name: str, problem: L.LayoutProblem) -> PipeFormatError:
+    return PipeFormatError(
+        f"the shared memory of pipe {name!r} ({_shm.segment_name(name)}) is not a PipeBit pipe "
+        f"this version can use: {problem}.  If nothing else uses it, `pipebit rm --force {name}` removes it."
+    )
+
+
+def _initialise(name: str, model: int, capacity: int, packet_len: int) -> tuple[_shm.Segment, L.HeaderInfo]:
+    segment = _shm.create_segment(name, L.segment_size(capacity))
+    if segment is None:  # only reachable if someone bypasses the lifecycle lock
+        raise PipeBusyError(f"pipe {name!r} was created by someone else at the same moment; try again")
+    created_ns = time.time_ns()
+    segment.view[: L.STATIC.size] = L.pack_static(model, capacity, packet_len, created_ns, name)
+    header = segment.view[: L.DATA_OFFSET].cast("Q")
+    header[L.PACKET_LEN] = packet_len
+    header.release()
+    segment.view[0:8] = L.MAGIC  # last: attachers treat a header without magic as unfinished
+    return segment, L.read_static(segment.view, segment.size)
+
+
+def open_pipe(
+    name: str,
+    model: int,
+    *,
+    capacity: int | None,
+    packet_len: int | None,
+    override: bool,
+    create: bool = True,
+    on_event: Callable[[str], None] | None = None,
+) -> Pipe:
+    """Attach to pipe ``name`` or create it; see the Safe/Fast endpoints for the semantics.
+
+    ``capacity`` and ``packet_len`` of ``None`` mean "the pipe's own, or the
+    default when creating".  With ``override`` the pipe's retained contents are
+    discarded and ``packet_len`` applied; a different model or an explicit
+    different capacity needs a new segment, which is refused while others are
+    attached.
+    """
+    say = on_event or (lambda message: None)
+    with _lock.lifecycle():
+        segment: _shm.Segment | None
+        try:
+            segment = _shm.attach_segment(name)
+        except PipeNotFoundError:
+            if not create:
+                raise
+            segment = None
+        info: L.HeaderInfo | None = None
+        if segment is not None:
+            try:
+                info = L.read_static(segment.view, segment.size)
+            except L.LayoutProblem as problem:
+                segment.close()
+                if not problem.blank:
+                    raise _describe(name, problem) from None
+                # A creator died before finishing the header: the segment was never usable.
+                _shm.unlink_segment(name)
+                segment = None
+                say(f"pipe {name!r}: replaced a segment whose creator died half-way")
+            else:
+                if info.name != name:
+                    segment.close()
+                    raise _describe(name, L.LayoutProblem(f"it holds pipe {info.name!r}"))
+                rebuild = override and (info.model != model or (capacity is not None and capacity != info.capacity))
+                if rebuild:
+                    _rebuild(name, segment, info)
+                    segment, info = None, None
+                    say(f"pipe {name!r}: override: removed the old pipe to change its model or capacity")
+                elif info.model != model:
+                    segment.close()
+                    raise ModelMismatchError(
+                        f"pipe {name!r} is a {L.MODEL_NAMES[info.model]} pipe; a "
+                        f"{L.MODEL_NAMES[model]} endpoint cannot use it (pass override=True to "
+                        f"replace it, or use the {L.MODEL_NAMES[info.model].capitalize()} classes)"
+                    )
+        created = segment is None
+        if segment is None:
+            size = capacity if capacity is not None else DEFAULT_CAPACITY
+            segment, info = _initialise(name, model, size, packet_len or 0)
+            say(f"pipe {name!r}: created ({L.MODEL_NAMES[model]}, {size} bytes)")
+        assert info is not None
+        try:
+            pipe = Pipe(name, segment, info)
+        except BaseException:
+            segment.close()
+            raise
+        if not created:
+            say(f"pipe {name!r}: attached ({L.MODEL_NAMES[info.model]}, {info.capacity} bytes)")
+            if override:
+                with pipe.lock:
+                    pipe.header[L.TAIL] = pipe.header[L.HEAD]
+                    pipe.header[L.PACKET_LEN] = packet_len or 0
+                    pipe.header[L.EPOCH] += 1
+                say(f"pipe {name!r}: override: retained packets discarded, packet size {packet_len or 'any'}")
+        return pipe
+
+
+def _rebuild(name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
+    pipe = Pipe(name, segment, info)
+    try:
+        live = pipe.live_participants()
+        if live:
+            raise PipeBusyError(
+                f"pipe {name!r} must be recreated to change its model or capacity, but "
+                f"{len(live)} live process(es) are attached to it"
+            )
+        pipe.header[L.FLAGS] |= L.FLAG_REMOVED
+    finally:
+        pipe.close()
+    _shm.remove_os_objects(name, L.SLOT_COUNT)
+
+
+def remove_pipe(name: str, *, force: bool = False) -> list[str]:
+    """Unlink pipe ``name``'s segment, semaphores and lock files; return what was removed.
+
+    Refuses with :class:`PipeBusyError` while live processes are attached, unless
+    ``force``; they then see the pipe as removed.  ``PipeNotFoundError`` if no
+    part of the pipe exists.
+    """
+    with _lock.lifecycle():
+        try:
+            segment = _shm.attach_segment(name)
+        except PipeNotFoundError:
+            segment = None
+        if segment is not None:
+            try:
+                info = L.read_static(segment.view, segment.size)
+            except L.LayoutProblem as problem:
+                segment.close()
+                if not force:
+                    raise _describe(name, problem) from None
+            else:
+                pipe = Pipe(name, segment, info)
+                try:
+                    live = pipe.live_participants()
+                    if live and not force:
+                        raise PipeBusyError(
+                            f"pipe {name!r} has {len(live)} live process(es) attached; "
+                            "close them first or remove with force"
+                        )
+                    pipe.header[L.FLAGS] |= L.FLAG_REMOVED
+                finally:
+                    pipe.close()
+        removed = _shm.remove_os_objects(name, L.SLOT_COUNT)
+    if not removed:
+        raise PipeNotFoundError(f"no pipe named {name!r} exists")
+    return removed

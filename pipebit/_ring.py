@@ -1,0 +1,295 @@
+"""The Safe model's ring: committing records, reading them, sleeping and waking.
+
+Guarantees, and the mechanism behind each:
+
+* **No torn packet.**  A writer copies a whole record into the ring, then
+  publishes it by storing the new ``head`` (one aligned 8-byte store).  Readers
+  never look past ``head``, so a writer killed mid-copy leaves only bytes no one
+  will read, and the next writer overwrites them.
+* **Nothing lost for an attached receiver.**  A writer only overwrites ring bytes
+  below ``min(tail, every live receiver's cursor)``; when that leaves no room it
+  sleeps until a receiver advances.  Retained packets (``tail``..``head``) are
+  dropped, oldest first, only to make room.
+* **Readers never lock.**  A receiver owns the bytes from its cursor to ``head``
+  until it advances its cursor, so it decodes straight out of shared memory.
+* **A dead receiver does not hold writers forever.**  While a writer is blocked
+  it probes the kernel lock of the receiver holding it back; once that lock can
+  be taken, the slot is freed (see :mod:`pipebit._lock`).
+
+Sleeping is event-driven: a receiver with nothing to read sets ``waiting`` in
+its slot and sleeps on its slot's semaphore, which writers post after each
+commit; a writer with no room counts itself in ``writers_waiting`` and sleeps on
+the pipe's writer semaphore, which receivers post after advancing.  Every sleep
+is also bounded by a timeout, so a post lost to a crash costs latency, never a
+hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any, Callable
+
+import posix_ipc
+
+from . import _codec
+from . import _layout as L
+from ._pipe import Pipe, Slot
+from .errors import CorruptPacketError, PipeClosedError
+
+# How long a blocked writer sleeps before re-checking, and how often it probes
+# the receiver that holds it back for death.  Posts normally wake it at once.
+WRITER_NAP = 0.05
+LIVENESS_INTERVAL = 0.25
+# Largest number of packets per record: bounds a receiver's read-ahead.
+MAX_RECORD_PACKETS = 8192
+
+_fence_lock = threading.Lock()
+
+
+def _fence() -> None:
+    # Taking a lock is an atomic read-modify-write: a full memory barrier on the
+    # CPUs we run on.  It orders "I am waiting" before "is there data?", so a
+    # writer that publishes data cannot miss a receiver going to sleep.
+    with _fence_lock:
+        pass
+
+
+def max_record_payload(capacity: int) -> int:
+    """The largest payload one record can carry in a ring of ``capacity`` bytes."""
+    return capacity - L.RECORD_HEADER
+
+
+def max_packet_bytes(capacity: int) -> int:
+    """The largest encoded packet the ring can carry (in a record of its own)."""
+    return max_record_payload(capacity) - 5  # the largest array header
+
+
+class Aborted(Exception):
+    """Internal: a blocked commit was told to give up (the sender is closing)."""
+
+
+class RingWriter:
+    """Commits records to a Safe pipe.  One per sender; used by one thread at a time."""
+
+    def __init__(self, pipe: Pipe) -> None:
+        self.pipe = pipe
+        self.capacity = pipe.capacity
+        self._probe_due: dict[int, float] = {}
+
+    def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool]) -> None:
+        """Write ``payload`` (a MessagePack array of ``count`` packets) as one record.
+
+        Blocks while attached receivers have not read the bytes it would overwrite;
+        raises :class:`Aborted` when ``should_abort()`` turns true while blocked.
+        """
+        pipe = self.pipe
+        h = pipe.header
+        cap = self.capacity
+        length = L.align(L.RECORD_HEADER + len(payload))
+        waiting = False
+        while True:
+            pipe.lock.acquire()
+            try:
+                if waiting:
+                    h[L.WRITERS_WAITING] -= 1
+                    waiting = False
+                if pipe.removed:
+                    raise PipeClosedError(f"pipe {pipe.name!r} was removed while this sender was attached")
+                head = h[L.HEAD]
+                offset = head % cap
+                wrap = length > cap - offset
+                need = cap - offset if wrap else length
+                lowest, holder = self._lowest_cursor(head)
+                floor = head + need - cap
+                if lowest >= floor:
+                    self._drop_retained(floor, head)
+                    if wrap:
+                        L.RECORD.pack_into(pipe.data, offset, L.WRAP_MARK, 0, h[L.PACKETS])
+                        h[L.HEAD] = head + need
+                        continue  # the lock is released and retaken; fine, it is rare
+                    data = pipe.data
+                    L.RECORD.pack_into(data, offset, len(payload), count, h[L.PACKETS])
+                    data[offset + L.RECORD_HEADER : offset + L.RECORD_HEADER + len(payload)] = payload
+                    h[L.PACKETS] += count
+                    h[L.LAST_WRITE_NS] = time.time_ns()
+                    h[L.HEAD] = head + length  # publish: everything above is now visible
+                    break
+                h[L.WRITERS_WAITING] += 1
+                waiting = True
+                self._maybe_reclaim(holder)
+            finally:
+                pipe.lock.release()
+            if should_abort():
+                with pipe.lock:
+                    h[L.WRITERS_WAITING] -= 1
+                raise Aborted
+            with contextlib.suppress(posix_ipc.BusyError):
+                pipe.writer_semaphore().acquire(WRITER_NAP)
+        self._wake_receivers()
+
+    def _lowest_cursor(self, head: int) -> tuple[int, int]:
+        """(lowest position an attached receiver still needs, or ``head``; its slot or -1)."""
+        h = self.pipe.header
+        lowest, holder = head, -1
+        for index in range(h[L.SLOT_HIGH]):
+            base = L.slot_base(index)
+            if h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+                cursor = h[base + L.S_CURSOR]
+                if cursor < lowest:
+                    lowest, holder = cursor, index
+        return lowest, holder
+
+    def _drop_retained(self, floor: int, head: int) -> None:
+        """Advance ``tail`` record by record to at least ``floor`` (never past ``head``)."""
+        h, data, cap = self.pipe.header, self.pipe.data, self.capacity
+        tail = h[L.TAIL]
+        while tail < floor:
+            offset = tail % cap
+            length = L.RECORD.unpack_from(data, offset)[0] if cap - offset >= L.RECORD_HEADER else L.WRAP_MARK
+            if length == L.WRAP_MARK:
+                tail += cap - offset
+            elif length <= cap - offset - L.RECORD_HEADER:
+                tail += L.align(L.RECORD_HEADER + length)
+            else:  # garbage where a record should be: retention cannot be trusted, drop it all
+                tail = head
+            if tail >= head:
+                tail = head
+                break
+        h[L.TAIL] = tail
+
+    def _maybe_reclaim(self, holder: int) -> None:
+        """Free ``holder``'s slot if its process is dead; probes at most every LIVENESS_INTERVAL."""
+        if holder < 0:
+            return
+        now = time.monotonic()
+        due = self._probe_due.get(holder)
+        if due is None:
+            self._probe_due[holder] = now + LIVENESS_INTERVAL
+            return
+        if now >= due:
+            self._probe_due.pop(holder, None)
+            self.pipe.free_dead_slot(holder)
+
+    def _wake_receivers(self) -> None:
+        h = self.pipe.header
+        for index in range(h[L.SLOT_HIGH]):
+            base = L.slot_base(index)
+            if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+                self.pipe.slot_semaphore(index).release()
+
+
+def start_position(h: memoryview, data: memoryview, capacity: int, start: str) -> tuple[int, int]:
+    """(cursor, next_seq) for a receiver attaching now.  Call with the writers' lock held."""
+    head = h[L.HEAD]
+    tail = h[L.TAIL]
+    if start == "new" or tail >= head:
+        return head, h[L.PACKETS]
+    offset = tail % capacity
+    if capacity - offset >= L.RECORD_HEADER:
+        return tail, L.RECORD.unpack_from(data, offset)[2]
+    return tail, h[L.PACKETS]
+
+
+class RingReader:
+    """Reads one receiver's records.  Used by one thread at a time."""
+
+    def __init__(self, pipe: Pipe, slot: Slot) -> None:
+        self.pipe = pipe
+        self.slot = slot
+        self.capacity = pipe.capacity
+        h = pipe.header
+        self.cursor = h[slot.base + L.S_CURSOR]
+        self.next_seq = h[slot.base + L.S_NEXT_SEQ]
+        self.semaphore = pipe.slot_semaphore(slot.index)
+        while True:  # posts meant for a previous holder of this slot
+            try:
+                self.semaphore.acquire(0)
+            except posix_ipc.BusyError:
+                break
+
+    def available(self) -> bool:
+        """Whether committed records are waiting to be read."""
+        return self.pipe.header[L.HEAD] != self.cursor
+
+    def read(self, limit: int) -> list[Any]:
+        """Decode the committed records after the cursor -- whole records, until ``limit``
+        packets are reached -- and advance past them.  ``[]`` when there are none.
+
+        Raises :class:`CorruptPacketError` for a record that fails validation, after
+        skipping to the newest commit so the next read starts clean.
+        """
+        pipe = self.pipe
+        h = pipe.header
+        base = self.slot.base
+        if h[base + L.S_TOKEN] != self.slot.token:
+            raise PipeClosedError(f"this receiver's slot in pipe {pipe.name!r} was taken over; it was detached")
+        head = h[L.HEAD]
+        cursor = self.cursor
+        if cursor == head:
+            if pipe.removed:
+                raise PipeClosedError(f"pipe {pipe.name!r} was removed while this receiver was attached")
+            return []
+        data, cap = pipe.data, self.capacity
+        out: list[Any] = []
+        next_seq = self.next_seq
+        try:
+            while cursor < head and len(out) < limit:
+                offset = cursor % cap
+                room = cap - offset
+                length = L.RECORD.unpack_from(data, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
+                if length == L.WRAP_MARK:
+                    cursor += room
+                    continue
+                _, count, first_seq = L.RECORD.unpack_from(data, offset)
+                end = cursor + L.align(L.RECORD_HEADER + length)
+                if length > room - L.RECORD_HEADER or end > head:
+                    raise CorruptPacketError(
+                        f"pipe {pipe.name!r}: record at position {cursor} claims {length} bytes, "
+                        "past the data written; something other than PipeBit wrote to the segment"
+                    )
+                start = offset + L.RECORD_HEADER
+                packets = _codec.decode_batch(data[start : start + length], count)
+                if out:
+                    out += packets
+                else:
+                    out = packets
+                cursor = end
+                next_seq = first_seq + count
+        except CorruptPacketError:
+            cursor, next_seq = head, h[L.PACKETS]
+            self._advance(cursor, next_seq, 0)
+            raise
+        self._advance(cursor, next_seq, len(out))
+        return out
+
+    def _advance(self, cursor: int, next_seq: int, count: int) -> None:
+        h = self.pipe.header
+        base = self.slot.base
+        self.cursor = cursor
+        self.next_seq = next_seq
+        h[base + L.S_NEXT_SEQ] = next_seq
+        h[base + L.S_COUNT] += count
+        h[base + L.S_CURSOR] = cursor  # the bytes below are now the writers' again
+        if h[L.WRITERS_WAITING]:
+            self.pipe.writer_semaphore().release()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a writer commits (or ``timeout`` seconds pass); ``True`` if data is there."""
+        h = self.pipe.header
+        flag = self.slot.base + L.S_WAITING
+        h[flag] = 1
+        try:
+            _fence()
+            if h[L.HEAD] != self.cursor:
+                return True
+            with contextlib.suppress(posix_ipc.BusyError):
+                self.semaphore.acquire(timeout)
+            return h[L.HEAD] != self.cursor
+        finally:
+            h[flag] = 0
+
+    def interrupt(self) -> None:
+        """Wake a thread sleeping in :meth:`wait` (used to stop it)."""
+        self.semaphore.release()

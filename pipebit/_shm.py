@@ -1,0 +1,236 @@
+"""Names, the per-user directory, and POSIX shared memory: create, attach, unlink.
+
+A pipe's plain name maps to OS objects that are private to the user:
+
+* the segment ``/pipebit-<h>`` and the semaphores ``/pipebit-<h>.w`` and
+  ``/pipebit-<h>.NN``, where ``<h>`` is 16 base32 characters of a BLAKE2b hash
+  of the user id and the name.  That keeps every OS name under the 31-character
+  limit of macOS and keeps two users' ``data_pipe`` apart.  The real name is
+  stored inside the segment header, so tools can list pipes by it.
+* lock files in the per-user directory (``/dev/shm/pipebit-<uid>/`` on Linux, so
+  they share the segments' mount namespace even under systemd's ``PrivateTmp``;
+  elsewhere under the temporary directory), created ``0600`` inside a ``0700``
+  directory: ``<name>.lock`` (the writers' lock) and ``<name>.slotNN`` (liveness
+  of the participant in table slot NN).
+
+This is the only module that touches ``posix_ipc`` and ``mmap``; it translates
+their errors into PipeBit errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mmap
+import os
+import re
+import stat
+import tempfile
+from pathlib import Path
+
+import posix_ipc
+
+from .errors import (
+    ArgumentTypeError,
+    InvalidNameError,
+    PipeBitError,
+    PipeNotFoundError,
+    PipePermissionError,
+)
+
+NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
+_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")
+SEGMENT_PREFIX = "pipebit-"
+_PRIVATE = 0o600
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid pipe name; raise ``InvalidNameError`` or ``ArgumentTypeError``."""
+    if not isinstance(name, str):
+        raise ArgumentTypeError(f"a pipe name must be a str, not {type(name).__name__!r}")
+    if not _NAME_RE.match(name):
+        shown = name if len(name) <= 80 else name[:77] + "..."
+        raise InvalidNameError(f"invalid pipe name {shown!r}: a name is {NAME_RULE}")
+    return name
+
+
+def _token(name: str) -> str:
+    digest = hashlib.blake2b(f"{os.getuid()}\0{name}".encode(), digest_size=10).digest()
+    return base64.b32encode(digest).decode("ascii").lower()
+
+
+def segment_name(name: str) -> str:
+    """The OS name of the pipe's shared-memory segment (29 characters)."""
+    return f"/{SEGMENT_PREFIX}{_token(name)}"
+
+
+def semaphore_name(name: str, which: str) -> str:
+    """The OS name of one of the pipe's semaphores: ``"w"`` for writers, ``"NN"`` for a slot."""
+    return f"/{SEGMENT_PREFIX}{_token(name)}.{which}"
+
+
+def user_dir() -> Path:
+    """The per-user lock directory, created ``0700`` on first use and checked to be ours."""
+    base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
+    path = base / f"pipebit-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise PipeBitError(f"cannot create PipeBit's lock directory {path}: {exc}") from exc
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PipePermissionError(
+            f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
+            "something else is in its place, refusing to use it"
+        )
+    return path
+
+
+def lock_path(name: str) -> Path:
+    """The writers' lock file of pipe ``name``."""
+    return user_dir() / f"{name}.lock"
+
+
+def slot_path(name: str, index: int) -> Path:
+    """The liveness lock file of slot ``index`` of pipe ``name``."""
+    return user_dir() / f"{name}.slot{index:02d}"
+
+
+def lifecycle_path() -> Path:
+    """The user-wide lock serialising creation, reset and removal of pipes."""
+    return user_dir() / ".lifecycle.lock"
+
+
+def open_lock_file(path: Path, *, create: bool = True) -> int:
+    """Open a lock file (``0600``, never following a symlink); ``FileNotFoundError`` if absent and not ``create``."""
+    flags = os.O_RDWR | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    if create:
+        flags |= os.O_CREAT
+    try:
+        return os.open(path, flags, _PRIVATE)
+    except PermissionError as exc:
+        raise PipePermissionError(f"cannot open lock file {path}: {exc}") from exc
+
+
+class Segment:
+    """A mapped shared-memory segment.  ``close()`` unmaps it; it never unlinks."""
+
+    __slots__ = ("buf", "os_name", "size", "view")
+
+    def __init__(self, os_name: str, fd: int) -> None:
+        self.os_name = os_name
+        self.size = os.fstat(fd).st_size
+        self.buf: mmap.mmap | None = mmap.mmap(fd, self.size) if self.size else None
+        self.view = memoryview(self.buf) if self.buf is not None else memoryview(b"")
+
+    def close(self) -> None:
+        """Release the mapping.  Views derived from :attr:`view` must be released first."""
+        self.view.release()
+        if self.buf is not None:
+            self.buf.close()
+            self.buf = None
+
+
+def _check_owner(fd: int, os_name: str) -> None:
+    info = os.fstat(fd)
+    if info.st_uid != os.getuid():
+        raise PipePermissionError(f"segment {os_name} belongs to uid {info.st_uid}, not to you")
+
+
+def create_segment(name: str, size: int) -> Segment | None:
+    """Create and map a zero-filled segment of ``size`` bytes; ``None`` if it already exists."""
+    os_name = segment_name(name)
+    try:
+        shm = posix_ipc.SharedMemory(os_name, posix_ipc.O_CREX, mode=_PRIVATE, size=size)
+    except posix_ipc.ExistentialError:
+        return None
+    except (posix_ipc.Error, OSError, ValueError) as exc:
+        raise PipeBitError(f"cannot create shared memory for pipe {name!r}: {exc}") from exc
+    try:
+        return Segment(os_name, shm.fd)
+    except OSError as exc:
+        _unlink_quietly(os_name)
+        raise PipeBitError(f"cannot map shared memory for pipe {name!r}: {exc}") from exc
+    finally:
+        shm.close_fd()
+
+
+def attach_segment(name: str) -> Segment:
+    """Map the existing segment of pipe ``name``; ``PipeNotFoundError`` if there is none."""
+    os_name = segment_name(name)
+    try:
+        shm = posix_ipc.SharedMemory(os_name)
+    except posix_ipc.ExistentialError:
+        raise PipeNotFoundError(f"no pipe named {name!r} exists") from None
+    except posix_ipc.PermissionsError as exc:
+        raise PipePermissionError(f"segment {os_name} of pipe {name!r} is not readable by you") from exc
+    except posix_ipc.Error as exc:
+        raise PipeBitError(f"cannot open shared memory of pipe {name!r}: {exc}") from exc
+    try:
+        _check_owner(shm.fd, os_name)
+        return Segment(os_name, shm.fd)
+    except OSError as exc:
+        raise PipeBitError(f"cannot map shared memory of pipe {name!r}: {exc}") from exc
+    finally:
+        shm.close_fd()
+
+
+def _unlink_quietly(os_name: str) -> bool:
+    try:
+        posix_ipc.unlink_shared_memory(os_name)
+    except posix_ipc.ExistentialError:
+        return False
+    return True
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove the segment's name (mappings stay valid until closed); ``False`` if absent."""
+    return _unlink_quietly(segment_name(name))
+
+
+def open_semaphore(name: str, which: str) -> posix_ipc.Semaphore:
+    """Open (creating at 0, mode ``0600``, if needed) one of the pipe's semaphores."""
+    try:
+        return posix_ipc.Semaphore(semaphore_name(name, which), posix_ipc.O_CREAT, mode=_PRIVATE, initial_value=0)
+    except posix_ipc.PermissionsError as exc:
+        raise PipePermissionError(f"semaphore of pipe {name!r} is not yours: {exc}") from exc
+    except posix_ipc.Error as exc:
+        raise PipeBitError(f"cannot open a semaphore of pipe {name!r}: {exc}") from exc
+
+
+def semaphore_suffixes(slot_count: int) -> list[str]:
+    """Every semaphore suffix a pipe may have created."""
+    return ["w"] + [f"{i:02d}" for i in range(slot_count)]
+
+
+def remove_os_objects(name: str, slot_count: int) -> list[str]:
+    """Unlink the segment, semaphores and lock files of pipe ``name``; return what existed."""
+    removed = []
+    if unlink_segment(name):
+        removed.append(segment_name(name))
+    for which in semaphore_suffixes(slot_count):
+        try:
+            posix_ipc.unlink_semaphore(semaphore_name(name, which))
+            removed.append(semaphore_name(name, which))
+        except posix_ipc.ExistentialError:
+            pass
+    for path in [lock_path(name)] + [slot_path(name, i) for i in range(slot_count)]:
+        try:
+            path.unlink()
+            removed.append(str(path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def names_in_user_dir() -> list[str]:
+    """Real names of the pipes whose writers' lock file is in the per-user directory."""
+    names = []
+    for entry in os.listdir(user_dir()):
+        if entry.endswith(".lock") and not entry.startswith("."):
+            candidate = entry[: -len(".lock")]
+            if _NAME_RE.match(candidate):
+                names.append(candidate)
+    return sorted(names)

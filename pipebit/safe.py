@@ -1,0 +1,529 @@
+"""The Safe pipeline: lossless, ordered, broadcast.
+
+Guarantees
+----------
+* Every receiver that is attached gets every packet sent after it attached,
+  exactly once and in send order.  Several receivers each get every packet;
+  several senders may share a pipe, and each sender's own order is kept.
+* The pipe retains its most recent packets (up to its capacity) with no
+  receiver attached and after every sender has exited; a receiver starting with
+  ``start="oldest"`` (the default) gets them first.
+* Memory is bounded on both sides.  ``send()`` appends to a bounded in-process
+  queue and returns at once, blocking only while that queue is full.  A
+  background thread moves batches of packets into the ring, waiting while
+  attached receivers have not read the bytes it would overwrite.  A receiver's
+  background thread reads ahead into a bounded cache and stops when it is full,
+  so a receiver that stops calling ``receive()`` holds the senders back: it is
+  alive, so the packets are still owed to it.
+* A receiver whose process dies (even by ``SIGKILL``) stops holding senders
+  back within about a second.
+* A script that sends and exits delivers everything it sent into the pipe; if a
+  stalled receiver keeps the ring full, exit waits ``flush_timeout`` seconds,
+  then warns how many packets were not delivered.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import warnings
+from typing import Any, Iterator, List, Union
+
+from . import _codec
+from . import _layout as L
+from ._endpoint import Endpoint, check_capacity, check_count, check_timeout
+from ._pipe import Slot, open_pipe
+from ._ring import MAX_RECORD_PACKETS, Aborted, RingReader, RingWriter, max_packet_bytes, start_position
+from ._worker import Worker
+from .errors import (
+    CorruptPacketError,
+    InvalidArgumentError,
+    PacketSizeError,
+    PipeClosedError,
+    PipeTimeoutError,
+    UndeliveredPacketsWarning,
+)
+
+Packet = List[Any]
+
+DEFAULT_QUEUE_SIZE = 65536
+DEFAULT_FLUSH_TIMEOUT = 5.0
+DEFAULT_RECEIVE_TIMEOUT = 0.1
+DEFAULT_MAX_CACHED = 65536
+STARTS = ("oldest", "new")
+
+
+class SafeSender(Endpoint):
+    """Sends packets into a Safe pipe, creating the pipe if it does not exist.
+
+    ``SafeSender(name, debug=0)`` connects at once.  Keyword-only options:
+
+    * ``size`` -- packet length the pipe enforces (``0``: any).  Applied when this
+      sender creates the pipe or overrides it; otherwise the pipe's rule stands.
+    * ``override`` -- discard the packets the pipe retains and apply ``size``
+      (receivers already attached keep what they are owed).  Changing the pipe's
+      ``capacity`` this way needs it idle.
+    * ``capacity`` -- ring bytes, when this sender creates the pipe (default 4 MiB).
+    * ``queue_size`` -- packets ``send()`` may queue before it blocks.
+    * ``flush_timeout`` -- seconds ``close_connection()`` (and interpreter exit)
+      wait for queued packets to reach the pipe.
+    """
+
+    _role = "sender"
+    _model = L.MODEL_SAFE
+
+    def __init__(
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        size: int | None = None,
+        override: bool = False,
+        capacity: int | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+    ) -> None:
+        super().__init__(name, debug)
+        self._size = None if size is None else check_count(size, "size", minimum=0)
+        if not isinstance(override, (bool, int)):
+            raise InvalidArgumentError(f"override must be True or False, not {override!r}")
+        self._override = bool(override)
+        self._capacity = check_capacity(capacity)
+        self._queue_size = check_count(queue_size, "queue_size", minimum=1)
+        self._flush_timeout = check_timeout(flush_timeout, "flush_timeout")
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._sent = 0
+        self._worker_idle = False
+        self._blocked = 0
+        self._abort = threading.Event()
+        self._worker: Worker | None = None
+        self._slot: Slot | None = None
+        self.open_connection()
+        self._override = False  # applies to the first connection only
+
+    # ------------------------------------------------------------ connection
+    def open_connection(self) -> None:
+        """Connect to the pipe (creating it if needed) and start the delivery thread.
+
+        A no-op when already connected.
+        """
+        if self._pipe is not None:
+            return
+        pipe = open_pipe(
+            self._name,
+            self._model,
+            capacity=self._capacity,
+            packet_len=self._size,
+            override=self._override,
+            on_event=self._log if self._debug else None,
+        )
+        try:
+            self._slot = pipe.claim_slot(L.ROLE_SENDER)
+            self._writer = RingWriter(pipe)
+            self._header = pipe.header
+            self._max_packet = max_packet_bytes(pipe.capacity)
+            self._batch_bytes = max(self._max_packet // 4, 1)
+            self._queue_bytes = pipe.capacity
+            self._abort.clear()
+            self._worker = Worker(f"pipebit-{self._name}-sender", self._deliver)
+            self._pipe = pipe
+            self._worker.start()
+        except BaseException:
+            if self._slot is not None:
+                pipe.release_slot(self._slot)
+                self._slot = None
+            pipe.close()
+            self._pipe = None
+            raise
+        self._register()
+        self._log(f"connected (slot {self._slot.index})")
+
+    def close_connection(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (waiting up to ``timeout``, default ``flush_timeout``), then
+        disconnect.  Packets that could not be delivered in time are dropped with an
+        :class:`UndeliveredPacketsWarning`.  Idempotent.
+        """
+        pipe = self._pipe
+        if pipe is None:
+            return
+        limit = self._flush_timeout if timeout is None else check_timeout(timeout)
+        worker, slot = self._worker, self._slot
+        assert worker is not None
+        assert slot is not None
+        delivered = self._wait_delivered(limit)
+        self._abort.set()
+        with self._mutex:
+            worker.stopping.set()
+            self._cond.notify_all()
+        worker.stop(timeout=10.0)
+        with self._mutex:
+            lost = self._queued + self._in_flight
+            self._queue.clear()
+            self._queued = self._queued_bytes = self._in_flight = 0
+            self._cond.notify_all()
+        self._pipe = None
+        self._unregister()
+        pipe.release_slot(slot)
+        self._slot = None
+        pipe.close()
+        self._closed_reason = "it was closed with close_connection()"
+        self._log("disconnected")
+        if lost or not delivered:
+            warnings.warn(
+                f"pipe {self._name!r}: {lost} packet(s) were not delivered before the sender closed "
+                f"(waited {limit}s; a receiver that is alive but not reading keeps the pipe full)",
+                UndeliveredPacketsWarning,
+                stacklevel=2,
+            )
+
+    def _forget_after_fork(self) -> None:
+        pipe, slot = self._pipe, self._slot
+        self._pipe = self._slot = self._worker = None
+        self._queue = collections.deque()
+        self._queued = self._queued_bytes = self._in_flight = 0
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        if slot is not None:
+            slot.lock.close()  # our copy only: the parent's lock stays held
+        if pipe is not None:
+            pipe.close()
+
+    # --------------------------------------------------------------- sending
+    def send(self, data: Union[List[Any], tuple[Any, ...]], timeout: float | None = None) -> None:
+        """Queue ``data`` (a list or tuple) for delivery and return.
+
+        The packet is encoded now, so later changes to ``data`` do not affect it,
+        and a value PipeBit cannot carry raises :class:`PacketTypeError` here.
+        Blocks only while the send queue is full: ``timeout=None`` waits as long
+        as it takes, otherwise :class:`PipeTimeoutError` after ``timeout`` seconds.
+        """
+        if self._pipe is None:
+            self._require_pipe()
+        worker = self._worker
+        if worker is not None and worker.error is not None:
+            worker.check()
+        encoded = _codec.encode(data)
+        required = self._header[L.PACKET_LEN]
+        if required and len(data) != required:
+            raise PacketSizeError(f"pipe {self._name!r} carries packets of {required} elements, got {len(data)}")
+        n = len(encoded)
+        if n > self._max_packet:
+            raise PacketSizeError(
+                f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
+                f"bytes per packet (capacity {self._pipe.capacity if self._pipe else '?'}): "
+                "create the pipe with a larger capacity"
+            )
+        with self._mutex:
+            if self._queued >= self._queue_size or (self._queued and self._queued_bytes + n > self._queue_bytes):
+                self._wait_for_room(n, timeout)
+            self._queue.append(encoded)
+            self._queued += 1
+            self._queued_bytes += n
+            if self._worker_idle:
+                self._worker_idle = False
+                self._cond.notify()
+
+    def _wait_for_room(self, n: int, timeout: float | None) -> None:
+        # Called with the mutex held.
+        deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
+        self._blocked += 1
+        try:
+            while self._queued >= self._queue_size or (self._queued and self._queued_bytes + n > self._queue_bytes):
+                if self._pipe is None:
+                    self._require_pipe()
+                if self._worker is not None:
+                    self._worker.check()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PipeTimeoutError(
+                        f"send() waited {timeout}s for room in the queue of pipe {self._name!r}; "
+                        "its receivers are not keeping up"
+                    )
+                self._cond.wait(remaining if remaining is not None else 0.5)
+        finally:
+            self._blocked -= 1
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every packet sent so far is in the pipe (not necessarily read).
+
+        :class:`PipeTimeoutError` after ``timeout`` seconds; ``None`` waits as long as it takes.
+        """
+        self._require_pipe()
+        if not self._wait_delivered(check_timeout(timeout)):
+            raise PipeTimeoutError(
+                f"flush() waited {timeout}s; {self._queued + self._in_flight} packet(s) of pipe "
+                f"{self._name!r} are not delivered yet (its receivers are not keeping up)"
+            )
+
+    def _wait_delivered(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            while self._queued or self._in_flight:
+                if self._worker is not None:
+                    self._worker.check()
+                    if not self._worker.alive:
+                        return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def _deliver(self, stopping: threading.Event) -> None:
+        """The delivery thread: move queued packets into the ring, a batch per record."""
+        queue = self._queue
+        writer = self._writer
+        abort = self._abort.is_set
+        batch_bytes = self._batch_bytes
+        while True:
+            with self._mutex:
+                while not queue:
+                    if stopping.is_set():
+                        return
+                    self._worker_idle = True
+                    self._cond.notify_all()  # flushers wait for an empty queue
+                    self._cond.wait()
+                self._worker_idle = False
+                batch = [queue.popleft()]
+                size = len(batch[0])
+                while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+                    item = queue.popleft()
+                    batch.append(item)
+                    size += len(item)
+                self._queued -= len(batch)
+                self._queued_bytes -= size
+                self._in_flight = len(batch)
+                if self._blocked:
+                    self._cond.notify_all()
+            try:
+                writer.commit(_codec.join_batch(batch), len(batch), abort)
+            except Aborted:
+                return
+            with self._mutex:
+                self._in_flight = 0
+                self._sent += len(batch)
+
+
+class SafeReceiver(Endpoint):
+    """Receives every packet of a Safe pipe, creating the pipe if it does not exist.
+
+    ``SafeReceiver(name, debug=0)`` attaches at once and starts caching packets
+    in the background.  Keyword-only options:
+
+    * ``start`` -- ``"oldest"`` (default): first deliver the packets the pipe
+      retains; ``"new"``: only packets sent after attaching.
+    * ``capacity`` -- ring bytes, when this receiver creates the pipe.
+    * ``max_cached`` -- packets read ahead before the background thread stops
+      reading (it may overshoot by one record of at most 8192 packets).
+    """
+
+    _role = "receiver"
+    _model = L.MODEL_SAFE
+
+    def __init__(
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        start: str = "oldest",
+        capacity: int | None = None,
+        max_cached: int = DEFAULT_MAX_CACHED,
+    ) -> None:
+        super().__init__(name, debug)
+        if start not in STARTS:
+            raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
+        self._start = start
+        self._capacity = check_capacity(capacity)
+        self._max_cached = check_count(max_cached, "max_cached", minimum=1)
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._cache: list[Packet] = []
+        self._reader_blocked = False
+        self._waiters = 0
+        self._problem: Exception | None = None
+        self._worker: Worker | None = None
+        self._slot: Slot | None = None
+        self._resume: tuple[int, int, int] | None = None  # (created_ns, cursor, next_seq)
+        self.open_connection()
+
+    # ------------------------------------------------------------ connection
+    def open_connection(self) -> None:
+        """Attach to the pipe (creating it if needed) and start caching packets.
+
+        After a ``close_connection()``, reconnecting resumes where this receiver
+        stopped if the pipe still retains those packets.  A no-op when connected.
+        """
+        if self._pipe is not None:
+            return
+        pipe = open_pipe(
+            self._name,
+            self._model,
+            capacity=self._capacity,
+            packet_len=None,
+            override=False,
+            on_event=self._log if self._debug else None,
+        )
+        resume = self._resume if self._resume and self._resume[0] == pipe.created_ns else None
+
+        def place(h: memoryview, base: int) -> None:
+            if resume is not None and h[L.TAIL] <= resume[1] <= h[L.HEAD]:
+                cursor, seq = resume[1], resume[2]
+            else:
+                cursor, seq = start_position(h, pipe.data, pipe.capacity, self._start)
+            h[base + L.S_CURSOR] = cursor
+            h[base + L.S_NEXT_SEQ] = seq
+
+        try:
+            self._slot = pipe.claim_slot(L.ROLE_RECEIVER, place)
+            self._reader = RingReader(pipe, self._slot)
+            self._worker = Worker(f"pipebit-{self._name}-receiver", self._collect)
+            self._pipe = pipe
+            self._worker.start()
+        except BaseException:
+            if self._slot is not None:
+                pipe.release_slot(self._slot)
+                self._slot = None
+            pipe.close()
+            self._pipe = None
+            raise
+        self._register()
+        self._log(f"connected (slot {self._slot.index}, start={self._start})")
+
+    def close_connection(self) -> None:
+        """Detach from the pipe and stop caching.  Packets cached but not yet returned by
+        ``receive()`` are discarded.  Idempotent.
+        """
+        pipe = self._pipe
+        if pipe is None:
+            return
+        worker, slot = self._worker, self._slot
+        assert worker is not None
+        assert slot is not None
+        with self._mutex:
+            worker.stopping.set()
+            self._cond.notify_all()
+        self._reader.interrupt()
+        worker.stop(timeout=10.0)
+        self._resume = (pipe.created_ns, self._reader.cursor, self._reader.next_seq)
+        with self._mutex:
+            self._pipe = None
+            self._cache = []
+            self._cond.notify_all()
+        self._unregister()
+        pipe.release_slot(slot)
+        self._slot = None
+        if pipe.header[L.WRITERS_WAITING]:
+            pipe.writer_semaphore().release()
+        pipe.close()
+        self._closed_reason = "it was closed with close_connection()"
+        self._log("disconnected")
+
+    def _forget_after_fork(self) -> None:
+        pipe, slot = self._pipe, self._slot
+        self._pipe = self._slot = self._worker = None
+        self._cache = []
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        if slot is not None:
+            slot.lock.close()
+        if pipe is not None:
+            pipe.close()
+
+    # ------------------------------------------------------------- receiving
+    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
+        """Return every packet cached since the last call, oldest first (``[]`` if none).
+
+        When nothing is cached it waits for a packet: up to ``timeout`` seconds
+        (default 0.1, so a ``while True: receive()`` loop sleeps instead of
+        spinning), forever with ``None``, not at all with ``0``.
+        """
+        limit = check_timeout(timeout)
+        with self._mutex:
+            if not self._cache:
+                self._wait_for_packets(limit)
+            packets = self._cache
+            self._cache = []
+            if self._reader_blocked:
+                self._cond.notify_all()
+        return packets
+
+    def _wait_for_packets(self, limit: float | None) -> None:
+        # Called with the mutex held and the cache empty.
+        deadline = None if limit is None else time.monotonic() + limit
+        self._waiters += 1
+        try:
+            while not self._cache:
+                if self._pipe is None:
+                    self._require_pipe()
+                if self._problem is not None:
+                    problem, self._problem = self._problem, None
+                    raise problem
+                assert self._worker is not None
+                self._worker.check()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return
+                self._cond.wait(remaining)
+        finally:
+            self._waiters -= 1
+
+    def __iter__(self) -> Iterator[Packet]:
+        """Yield packets as they arrive, until the receiver is closed."""
+        while True:
+            try:
+                batch = self.receive(timeout=None)
+            except PipeClosedError:
+                return
+            yield from batch
+
+    def _collect(self, stopping: threading.Event) -> None:
+        """The caching thread: read ahead into the cache until it is full."""
+        reader = self._reader
+        while not stopping.is_set():
+            with self._mutex:
+                while len(self._cache) >= self._max_cached and not stopping.is_set():
+                    self._reader_blocked = True
+                    self._cond.wait(0.5)
+                self._reader_blocked = False
+                room = self._max_cached - len(self._cache)
+            try:
+                packets = reader.read(room)
+            except CorruptPacketError as exc:  # reported at the next receive(); reading goes on
+                with self._mutex:
+                    self._problem = exc
+                    self._cond.notify_all()
+                continue
+            if packets:
+                with self._mutex:
+                    self._cache += packets
+                    if self._waiters:
+                        self._cond.notify_all()
+            elif not stopping.is_set():
+                reader.wait(0.5)
+
+
+class BitPackSender(SafeSender):
+    """The original PipeBit name of :class:`SafeSender`: ``BitPackSender(name, size, override)``.
+
+    ``size`` is the packet length the pipe enforces (``0``: any); ``override=True``
+    discards the pipe's retained packets and applies ``size``; ``override=False``
+    keeps the existing pipe, its size and its retained packets.
+    """
+
+    def __init__(
+        self, name: str, size: int = 0, override: bool = False, debug: Union[int, bool] = 0, **options: Any
+    ) -> None:
+        super().__init__(name, debug, size=size, override=override, **options)
+
+
+class BitPackReceiver(SafeReceiver):
+    """The original PipeBit name of :class:`SafeReceiver`: ``BitPackReceiver(name)``."""
+
+    def __init__(self, name: str, debug: Union[int, bool] = 0, **options: Any) -> None:
+        super().__init__(name, debug, **options)

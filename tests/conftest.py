@@ -1,0 +1,106 @@
+"""Shared fixtures: unique pipe names, a /dev/shm leak guard, and a process reaper.
+
+Every test gets ``make_name()`` for pipe names no other test (or earlier run)
+uses; at teardown each of those pipes is removed with ``force=True``.  The
+autouse leak guard then fails the test if ``/dev/shm`` or PipeBit's per-user
+lock directory holds anything that was not there before it ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+import pipebit
+from pipebit import _shm
+
+_counter = itertools.count()
+SHM = Path("/dev/shm")
+
+
+def _shm_entries() -> set[str]:
+    entries = {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
+    lock_dir = _shm.user_dir()
+    entries |= {f"{lock_dir.name}/{p.name}" for p in lock_dir.iterdir()}
+    # The user-wide lifecycle lock file is created once and kept by design.
+    entries.discard(f"{lock_dir.name}/.lifecycle.lock")
+    return entries
+
+
+@pytest.fixture
+def make_name() -> Iterator[Callable[[], str]]:
+    """A factory of unique pipe names; the pipes are removed at teardown."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
+        names.append(name)
+        return name
+
+    yield make
+    for name in names:
+        try:
+            pipebit.remove(name, force=True)
+        except pipebit.PipeNotFoundError:
+            pass
+
+
+@pytest.fixture
+def name(make_name: Callable[[], str]) -> str:
+    """One unique pipe name, removed at teardown."""
+    return make_name()
+
+
+@pytest.fixture(autouse=True)
+def shm_leak_guard() -> Iterator[None]:
+    """Fail the test if it leaves anything new in /dev/shm or the lock directory."""
+    before = _shm_entries()
+    yield
+    leaked = sorted(_shm_entries() - before)
+    if leaked:
+        pytest.fail(f"test leaked shared-memory objects or lock files: {leaked}")
+
+
+class Reaper:
+    """Starts Python child processes and guarantees they are dead at teardown."""
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[str]] = []
+
+    def spawn(self, code: str, *args: str, **popen: object) -> subprocess.Popen[str]:
+        """Run ``code`` in a fresh interpreter (``sys.argv[1:] == args``), pipes for stdout/stderr."""
+        popen.setdefault("stdout", subprocess.PIPE)
+        popen.setdefault("stderr", subprocess.PIPE)
+        child = subprocess.Popen([sys.executable, "-c", code, *args], text=True, **popen)  # type: ignore[call-overload]
+        self.children.append(child)
+        return child
+
+    def kill_all(self) -> None:
+        for child in self.children:
+            if child.poll() is None:
+                try:
+                    os.kill(child.pid, signal.SIGCONT)
+                    child.kill()
+                except ProcessLookupError:
+                    pass
+            child.wait(timeout=10)
+            for stream in (child.stdout, child.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def reaper() -> Iterator[Reaper]:
+    """Spawn child interpreters with ``reaper.spawn(code, *args)``; all are killed at teardown."""
+    r = Reaper()
+    yield r
+    r.kill_all()
