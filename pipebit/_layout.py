@@ -105,6 +105,7 @@ S_COUNT = 7
 
 RECORD = struct.Struct("=IIQ")
 RECORD_HEADER = RECORD.size
+WRAP = struct.Struct("=I")  # a wrap mark is only its first field: it may sit in the last 8 bytes
 WRAP_MARK = 0xFFFFFFFF
 ALIGN = 8
 

@@ -220,7 +220,7 @@ def open_pipe(
                 # A creator died before finishing the header: the segment was never usable.
                 _shm.unlink_segment(name)
                 segment = None
-                say(f"pipe {name!r}: replaced a segment whose creator died half-way")
+                say("replaced a segment whose creator died half-way")
             else:
                 if info.name != name:
                     segment.close()
@@ -229,7 +229,7 @@ def open_pipe(
                 if rebuild:
                     _rebuild(name, segment, info)
                     segment, info = None, None
-                    say(f"pipe {name!r}: override: removed the old pipe to change its model or capacity")
+                    say("override: removed the old pipe to change its model or capacity")
                 elif info.model != model:
                     segment.close()
                     raise ModelMismatchError(
@@ -241,7 +241,7 @@ def open_pipe(
         if segment is None:
             size = capacity if capacity is not None else DEFAULT_CAPACITY
             segment, info = _initialise(name, model, size, packet_len or 0)
-            say(f"pipe {name!r}: created ({L.MODEL_NAMES[model]}, {size} bytes)")
+            say(f"created ({L.MODEL_NAMES[model]}, {size} bytes)")
         assert info is not None
         try:
             pipe = Pipe(name, segment, info)
@@ -249,13 +249,13 @@ def open_pipe(
             segment.close()
             raise
         if not created:
-            say(f"pipe {name!r}: attached ({L.MODEL_NAMES[info.model]}, {info.capacity} bytes)")
+            say(f"attached ({L.MODEL_NAMES[info.model]}, {info.capacity} bytes)")
             if override:
                 with pipe.lock:
                     pipe.header[L.TAIL] = pipe.header[L.HEAD]
                     pipe.header[L.PACKET_LEN] = packet_len or 0
                     pipe.header[L.EPOCH] += 1
-                say(f"pipe {name!r}: override: retained packets discarded, packet size {packet_len or 'any'}")
+                say(f"override: retained packets discarded, packet size {packet_len or 'any'}")
         return pipe
 
 

@@ -106,7 +106,7 @@ class RingWriter:
                 if lowest >= floor:
                     self._drop_retained(floor, head)
                     if wrap:
-                        L.RECORD.pack_into(pipe.data, offset, L.WRAP_MARK, 0, h[L.PACKETS])
+                        L.WRAP.pack_into(pipe.data, offset, L.WRAP_MARK)
                         h[L.HEAD] = head + need
                         continue  # the lock is released and retaken; fine, it is rare
                     data = pipe.data

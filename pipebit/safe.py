@@ -156,7 +156,7 @@ class SafeSender(Endpoint):
         worker, slot = self._worker, self._slot
         assert worker is not None
         assert slot is not None
-        delivered = self._wait_delivered(limit)
+        delivered = self._wait_delivered(limit, report=False)
         self._abort.set()
         with self._mutex:
             worker.stopping.set()
@@ -255,20 +255,22 @@ class SafeSender(Endpoint):
         :class:`PipeTimeoutError` after ``timeout`` seconds; ``None`` waits as long as it takes.
         """
         self._require_pipe()
-        if not self._wait_delivered(check_timeout(timeout)):
+        if not self._wait_delivered(check_timeout(timeout), report=True):
             raise PipeTimeoutError(
                 f"flush() waited {timeout}s; {self._queued + self._in_flight} packet(s) of pipe "
                 f"{self._name!r} are not delivered yet (its receivers are not keeping up)"
             )
 
-    def _wait_delivered(self, timeout: float | None) -> bool:
+    def _wait_delivered(self, timeout: float | None, *, report: bool) -> bool:
+        """Wait for an empty queue; ``False`` on timeout or a dead delivery thread, whose
+        error is raised if ``report``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
             while self._queued or self._in_flight:
-                if self._worker is not None:
-                    self._worker.check()
-                    if not self._worker.alive:
-                        return False
+                if self._worker is not None and not self._worker.alive:
+                    if report:
+                        self._worker.check()
+                    return False
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

@@ -1,0 +1,312 @@
+"""The Safe pipeline's guarantees, across real processes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, Callable
+
+import pytest
+
+import pipebit
+from pipebit import _layout as L
+from pipebit import _shm
+
+from .conftest import Reaper
+
+# Child programs take the pipe name as argv[1] and report on stdout.
+SEND_RANGE = """
+import sys, pipebit
+name, start, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tag = sys.argv[4] if len(sys.argv) > 4 else None
+with pipebit.SafeSender(name, 0) as s:
+    for i in range(start, stop):
+        s.send([tag, i] if tag else [i])
+    s.flush(timeout=60)
+print("sent", flush=True)
+"""
+
+RECEIVE_COUNT = """
+import sys, json, pipebit
+name, count = sys.argv[1], int(sys.argv[2])
+with pipebit.SafeReceiver(name, 0) as r:
+    print("ready", flush=True)
+    got = []
+    while len(got) < count:
+        got += r.receive(timeout=30) or []
+print(json.dumps(got), flush=True)
+"""
+
+
+def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float = 60) -> list[Any]:
+    """Receive until ``count`` packets arrived; fail (rather than hang) after ``timeout`` s."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} packets arrived"
+        got += receiver.receive(timeout=1)
+    return got
+
+
+def wait_line(child: Any, expected: str, timeout: float = 30) -> None:
+    line = child.stdout.readline().strip()
+    assert line == expected, f"child said {line!r}; stderr: {child.stderr.read() if child.poll() is not None else ''}"
+
+
+def test_order_and_exactly_once_across_processes(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        child = reaper.spawn(SEND_RANGE, name, "0", "20000")
+        got = receive_n(receiver, 20000)
+        assert child.wait(60) == 0
+        time.sleep(0.2)
+        assert receiver.receive(timeout=0) == []  # nothing beyond what was sent
+    assert got == [[i] for i in range(20000)]
+
+
+def test_every_receiver_gets_every_packet(name: str, reaper: Reaper) -> None:
+    children = [reaper.spawn(RECEIVE_COUNT, name, "5000") for _ in range(3)]
+    for child in children:
+        wait_line(child, "ready")
+    with pipebit.SafeSender(name, 0) as sender:
+        for i in range(5000):
+            sender.send([i, f"v{i}"])
+    for child in children:
+        out, _ = child.communicate(timeout=60)
+        assert json.loads(out) == [[i, f"v{i}"] for i in range(5000)]
+
+
+def test_several_senders_keep_their_own_order(name: str, reaper: Reaper) -> None:
+    per_sender = 4000
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        senders = [reaper.spawn(SEND_RANGE, name, "0", str(per_sender), f"s{k}") for k in range(3)]
+        got = receive_n(receiver, 3 * per_sender)
+        for child in senders:
+            assert child.wait(60) == 0
+    for k in range(3):
+        assert [seq for tag, seq in got if tag == f"s{k}"] == list(range(per_sender))
+
+
+def test_receiver_started_after_a_finished_sender_gets_retained_packets(name: str, reaper: Reaper) -> None:
+    child = reaper.spawn(SEND_RANGE, name, "0", "50")
+    assert child.wait(30) == 0
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        assert receive_n(receiver, 50) == [[i] for i in range(50)]
+        assert receiver.receive(timeout=0.2) == []
+
+
+def test_receiver_started_first_gets_packets_of_a_later_sender(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        assert receiver.receive(timeout=0.2) == []
+        child = reaper.spawn(SEND_RANGE, name, "0", "50")
+        assert receive_n(receiver, 50) == [[i] for i in range(50)]
+        assert child.wait(30) == 0
+
+
+def test_start_new_skips_retained_packets(name: str) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        sender.send(["old"])
+        sender.flush(timeout=10)
+        with pipebit.SafeReceiver(name, 0, start="new") as receiver:
+            sender.send(["new"])
+            assert receive_n(receiver, 1) == [["new"]]
+
+
+def test_retention_keeps_the_newest_packets_that_fit(name: str) -> None:
+    with pipebit.SafeSender(name, 0, capacity=8192) as sender:
+        for i in range(3000):
+            sender.send([i, b"x" * 20])
+        sender.flush(timeout=30)
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        got = []
+        while True:
+            batch = receiver.receive(timeout=0.5)
+            if not batch:
+                break
+            got += batch
+    seqs = [p[0] for p in got]
+    assert 0 < len(seqs) < 3000  # older ones were dropped to make room
+    assert seqs == list(range(3000 - len(seqs), 3000))  # a contiguous, newest suffix
+
+
+def test_attached_receiver_loses_nothing_through_a_small_ring(name: str) -> None:
+    with pipebit.SafeReceiver(name, 0, capacity=4096) as receiver, pipebit.SafeSender(name, 0) as sender:
+        for i in range(20000):
+            sender.send([i, "x" * (i % 50)])
+        got = receive_n(receiver, 20000)
+    assert got == [[i, "x" * (i % 50)] for i in range(20000)]
+
+
+def test_packets_up_to_the_ring_size_cross_the_wrap(name: str) -> None:
+    capacity = 16384
+    with pipebit.SafeReceiver(name, 0, capacity=capacity) as receiver, pipebit.SafeSender(name, 0) as sender:
+        sizes = [capacity - 64, 1, capacity // 2, capacity - 64, 3000, capacity - 64]
+        for n, size in enumerate(sizes):
+            sender.send([n, bytes([n]) * size])
+        got = receive_n(receiver, len(sizes))
+    assert got == [[n, bytes([n]) * size] for n, size in enumerate(sizes)]
+
+
+def test_override_discards_retained_packets_and_applies_size(name: str) -> None:
+    with pipebit.BitPackSender(name, 0, False) as first:
+        first.send([1, 2])
+        first.flush(timeout=10)
+    with pipebit.BitPackReceiver(name) as attached:
+        assert receive_n(attached, 1) == [[1, 2]]
+        with pipebit.BitPackSender(name, 3, True) as second:
+            with pytest.raises(pipebit.PacketSizeError, match="3 elements"):
+                second.send([1, 2])
+            second.send([7, 8, 9])
+            assert receive_n(attached, 1) == [[7, 8, 9]]  # attached receivers keep working
+        with pipebit.BitPackReceiver(name) as late:
+            assert receive_n(late, 1) == [[7, 8, 9]]  # [1, 2] is gone for good
+
+
+def test_no_override_keeps_the_pipe_its_size_and_its_packets(name: str) -> None:
+    with pipebit.BitPackSender(name, 2, True) as first:
+        first.send(["a", 1])
+        first.flush(timeout=10)
+    with pipebit.BitPackSender(name, 5, False) as second:
+        with pytest.raises(pipebit.PacketSizeError):
+            second.send([1, 2, 3, 4, 5])  # the pipe's size (2) stands
+        second.send(["b", 2])
+        second.flush(timeout=10)
+    with pipebit.BitPackReceiver(name) as receiver:
+        assert receive_n(receiver, 2) == [["a", 1], ["b", 2]]
+
+
+def test_override_with_another_capacity_needs_an_idle_pipe(name: str) -> None:
+    with pipebit.SafeReceiver(name, 0), pytest.raises(pipebit.PipeBusyError, match="live"):
+        pipebit.SafeSender(name, 0, override=True, capacity=65536)
+    with pipebit.SafeSender(name, 0, override=True, capacity=65536) as sender:
+        assert "capacity=65536" in repr(sender)
+
+
+def test_reconnecting_receiver_resumes_where_it_stopped(name: str) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        receiver = pipebit.SafeReceiver(name, 0)
+        try:
+            sender.send([1])
+            assert receive_n(receiver, 1) == [[1]]
+            receiver.close_connection()
+            sender.send([2])
+            sender.flush(timeout=10)
+            receiver.open_connection()
+            assert receive_n(receiver, 1) == [[2]]
+            assert receiver.receive(timeout=0.2) == []
+        finally:
+            receiver.close_connection()
+
+
+def test_iteration_ends_when_the_receiver_is_closed(name: str) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        receiver = pipebit.SafeReceiver(name, 0)
+        for i in range(3):
+            sender.send([i])
+        got: list[Any] = []
+
+        def consume() -> None:
+            got.extend(receiver)
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        receiver.close_connection()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert got == [[0], [1], [2]]
+
+
+def test_removing_a_pipe_under_live_endpoints_reaches_them(name: str) -> None:
+    sender = pipebit.SafeSender(name, 0)
+    receiver = pipebit.SafeReceiver(name, 0)
+    try:
+        pipebit.remove(name, force=True)
+        with pytest.raises(pipebit.PipeClosedError, match="removed"):
+            receiver.receive(timeout=5)
+        sender.send([1])  # queued before the delivery thread finds out
+        with pytest.raises(pipebit.PipeClosedError, match="removed"):
+            sender.flush(timeout=5)
+    finally:
+        receiver.close_connection()
+        with pytest.warns(pipebit.UndeliveredPacketsWarning):
+            sender.close_connection(timeout=0)
+
+
+DEBUG_CHILD = """
+import sys, pipebit
+name, debug = sys.argv[1], int(sys.argv[2])
+s = pipebit.SafeSender(name, debug)
+r = pipebit.SafeReceiver(name, debug)
+s.send([1])
+s.flush(timeout=10)
+r.receive(timeout=5)
+r.close_connection()
+s.close_connection()
+"""
+
+
+@pytest.mark.parametrize("debug", [0, 1])
+def test_debug_output_goes_to_stderr_only_when_asked(name: str, reaper: Reaper, debug: int) -> None:
+    child = reaper.spawn(DEBUG_CHILD, name, str(debug))
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    assert out == ""
+    if debug:
+        assert "pipebit: sender" in err
+        assert "created" in err or "attached" in err
+        assert "disconnected" in err
+    else:
+        assert err == ""
+
+
+FORK_CHILD = """
+import os, sys, pipebit
+name = sys.argv[1]
+sender = pipebit.SafeSender(name, 0)
+pid = os.fork()
+if pid == 0:
+    try:
+        sender.send([1])
+    except pipebit.PipeClosedError as exc:
+        ok = "fork" in str(exc)
+    else:
+        ok = False
+    own = pipebit.SafeSender(name, 0)
+    own.send(["from child"])
+    own.close_connection()
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+sender.send(["from parent"])
+sender.close_connection()
+"""
+
+
+def test_fork_leaves_the_parent_working_and_the_child_told(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        child = reaper.spawn(FORK_CHILD, name)
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert out.strip() == "child 0"
+        got = receive_n(receiver, 2)
+    assert got == [["from child"], ["from parent"]]
+
+
+def test_header_records_what_tools_need(name: str, make_name: Callable[[], str]) -> None:
+    with pipebit.SafeSender(name, 0, capacity=65536) as sender:
+        for i in range(10):
+            sender.send([i])
+        sender.flush(timeout=10)
+        segment = _shm.attach_segment(name)
+        try:
+            info = L.read_static(segment.view, segment.size)
+            header = segment.view[: L.DATA_OFFSET].cast("Q")
+            assert (info.name, info.model, info.capacity) == (name, L.MODEL_SAFE, 65536)
+            assert header[L.PACKETS] == 10
+            assert header[L.HEAD] > header[L.TAIL] == 0
+            header.release()
+        finally:
+            segment.close()
