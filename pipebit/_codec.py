@@ -62,6 +62,8 @@ def encode(packet: object) -> bytes:
         return _packer()(packet)
     except PacketTypeError:
         raise
+    except UnicodeEncodeError as exc:  # a str holding a lone surrogate has no UTF-8 form
+        raise PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}") from exc
     except TypeError as exc:  # msgpack's own refusals, e.g. a dict subclass it cannot iterate
         raise PacketTypeError(f"packet cannot be encoded: {exc}") from exc
     except ValueError as exc:  # "recursion limit exceeded": too deep, or a list containing itself

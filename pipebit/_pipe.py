@@ -281,6 +281,7 @@ def remove_pipe(name: str, *, force: bool = False) -> list[str]:
     ``force``; they then see the pipe as removed.  ``PipeNotFoundError`` if no
     part of the pipe exists.
     """
+    _shm.validate_name(name)  # the name becomes file paths below: never unchecked
     with _lock.lifecycle():
         try:
             segment = _shm.attach_segment(name)

@@ -5,7 +5,7 @@ Every error also subclasses the builtin a caller would try first, so
 
     PipeBitError
      ├── InvalidNameError          (ValueError)     the pipe name breaks the naming rule
-     ├── ArgumentTypeError         (TypeError)      an argument (name, debug, timeout...) has the wrong type
+     ├── ArgumentTypeError         (TypeError)      an argument (name, timeout, size...) has the wrong type
      │    └── PacketTypeError                       send() got a value the codec cannot carry
      ├── PacketSizeError           (ValueError)     wrong packet length, or too big for the pipe
      ├── InvalidArgumentError      (ValueError)     any other bad argument (debug, timeout, capacity...)
