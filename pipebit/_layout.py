@@ -50,6 +50,25 @@ capacity``.  Each record is::
     +4  u32 count         packets in the record
     +8  u64 first_seq     sequence number of its first packet
     +16 payload           one msgpack array of ``count`` packets, then zero padding to 8
+
+The Fast data area is a latest-value register fed by up to ``LANES`` senders,
+each owning a lane of two buffers, so a sender writes without any lock and a
+sender killed mid-write leaves the published value intact::
+
+    +0    u64 latest        0 = no value; else (stamp << 8) | (lane << 1) | buffer
+    +8    u64 sleepers      1 when some receiver may be asleep waiting for a value
+    +16   48 bytes reserved
+    +64   lane table: LANES x 64 bytes: u64 owner (participant slot + 1, 0 = free),
+          u64 owner_token, 48 bytes reserved
+    +576  buffers: lane l, buffer b at 576 + (2l + b) * (32 + slot_size):
+          u64 seq (odd while being written, even when complete), u64 length,
+          u64 write_ns, u64 reserved, then ``slot_size`` payload bytes
+
+A sender writes the buffer it did not publish last (seq odd, payload, length,
+seq even) and then stores ``latest`` with the buffer's even seq as ``stamp``.
+A reader loads ``latest``, checks the buffer's seq equals ``stamp`` before and
+after copying the payload, and retries if not.  ``slot_size`` follows from
+``capacity``: ``(capacity - 576) // 16 - 32``.
 """
 
 from __future__ import annotations
@@ -111,6 +130,32 @@ ALIGN = 8
 
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 34  # 16 GiB: well past any sane ring, well inside u32 record lengths x many
+
+
+# The Fast data area (offsets relative to the data area).
+LANES = 8
+F_LATEST = 0
+F_SLEEPERS = 8 // 8
+LANE_TABLE = 64
+LANE_ENTRY = 64
+BUFFERS = LANE_TABLE + LANES * LANE_ENTRY
+BUFFER_HEADER = 32
+B_SEQ, B_LENGTH, B_WRITE_NS = 0, 1, 2  # u64 indices inside a buffer header
+
+
+def fast_capacity(slot_size: int) -> int:
+    """Data-area bytes of a Fast pipe whose packets may encode to ``slot_size`` bytes."""
+    return BUFFERS + 2 * LANES * (BUFFER_HEADER + align(slot_size))
+
+
+def fast_slot_size(capacity: int) -> int:
+    """The largest encoded packet a Fast pipe of ``capacity`` data bytes carries."""
+    return (capacity - BUFFERS) // (2 * LANES) - BUFFER_HEADER
+
+
+def fast_buffer_offset(capacity: int, lane: int, buffer: int) -> int:
+    """Offset (in the data area) of the header of ``buffer`` (0/1) of ``lane``."""
+    return BUFFERS + (2 * lane + buffer) * (BUFFER_HEADER + fast_slot_size(capacity))
 
 
 def slot_base(index: int) -> int:

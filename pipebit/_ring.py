@@ -250,7 +250,13 @@ class RingReader:
                         "past the data written; something other than PipeBit wrote to the segment"
                     )
                 start = offset + L.RECORD_HEADER
-                packets = _codec.decode_batch(data[start : start + length], count)
+                # Released on the way out even if decoding fails: an exception holding
+                # a view of the mapping would keep the segment from being unmapped.
+                with data[start : start + length] as payload:
+                    try:
+                        packets = _codec.decode_batch(payload, count)
+                    except CorruptPacketError as exc:
+                        raise CorruptPacketError(f"pipe {pipe.name!r}, record at position {cursor}: {exc}") from None
                 if out:
                     out += packets
                 else:
