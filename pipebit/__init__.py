@@ -37,6 +37,7 @@ from .errors import (
     UndeliveredPacketsWarning,
     WorkerError,
 )
+from .fast import FastReceiver, FastSender
 from .safe import BitPackReceiver, BitPackSender, SafeReceiver, SafeSender
 
 __version__ = "0.1.0"
@@ -47,6 +48,8 @@ __all__ = [
     "BitPackReceiver",
     "BitPackSender",
     "CorruptPacketError",
+    "FastReceiver",
+    "FastSender",
     "InvalidArgumentError",
     "InvalidNameError",
     "ModelMismatchError",

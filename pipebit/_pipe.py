@@ -191,6 +191,7 @@ def open_pipe(
     override: bool,
     create: bool = True,
     on_event: Callable[[str], None] | None = None,
+    default_capacity: int = DEFAULT_CAPACITY,
 ) -> Pipe:
     """Attach to pipe ``name`` or create it; see the Safe/Fast endpoints for the semantics.
 
@@ -234,12 +235,13 @@ def open_pipe(
                     segment.close()
                     raise ModelMismatchError(
                         f"pipe {name!r} is a {L.MODEL_NAMES[info.model]} pipe; a "
-                        f"{L.MODEL_NAMES[model]} endpoint cannot use it (pass override=True to "
-                        f"replace it, or use the {L.MODEL_NAMES[info.model].capitalize()} classes)"
+                        f"{L.MODEL_NAMES[model]} endpoint cannot use it (a sender with override=True "
+                        "replaces it when no one is attached; or use the "
+                        f"{L.MODEL_NAMES[info.model].capitalize()} classes)"
                     )
         created = segment is None
         if segment is None:
-            size = capacity if capacity is not None else DEFAULT_CAPACITY
+            size = capacity if capacity is not None else default_capacity
             segment, info = _initialise(name, model, size, packet_len or 0)
             say(f"created ({L.MODEL_NAMES[model]}, {size} bytes)")
         assert info is not None

@@ -48,7 +48,7 @@ MAX_RECORD_PACKETS = 8192
 _fence_lock = threading.Lock()
 
 
-def _fence() -> None:
+def fence() -> None:
     # Taking a lock is an atomic read-modify-write: a full memory barrier on the
     # CPUs we run on.  It orders "I am waiting" before "is there data?", so a
     # writer that publishes data cannot miss a receiver going to sleep.
@@ -287,7 +287,7 @@ class RingReader:
         flag = self.slot.base + L.S_WAITING
         h[flag] = 1
         try:
-            _fence()
+            fence()
             if h[L.HEAD] != self.cursor:
                 return True
             with contextlib.suppress(posix_ipc.BusyError):

@@ -1,0 +1,370 @@
+"""The Fast pipeline: a latest-value register for telemetry, GUI state and sensor readings.
+
+Guarantees
+----------
+* ``send()`` never waits for receivers, however many there are and however slow:
+  it writes the packet into the sender's own lane of the pipe and publishes it,
+  taking no lock at all.  Receivers read without any lock either.
+* A receiver never sees a torn or mixed packet, even while a sender writes or
+  after a sender was killed mid-write: each lane has two buffers, a sender
+  writes the one it did not publish last, and a reader checks the buffer's
+  sequence number before and after copying.
+* ``receive()`` returns ``[newest packet]`` when a value newer than the one this
+  receiver last returned has been published, else ``[]``.  Values a receiver
+  sees never go backwards, and no value is returned twice.
+* The value persists: a receiver attaching after the write (or after the sender
+  exited) gets it on its first ``receive()``.  ``override=True`` clears it.
+* Several senders may write (up to 8 at a time); the last published write wins.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator, List, Union
+
+import posix_ipc
+
+from . import _codec
+from . import _layout as L
+from ._endpoint import Endpoint, check_count, check_timeout
+from ._pipe import Pipe, Slot, open_pipe
+from ._ring import fence
+from .errors import PacketSizeError, PipeBusyError, PipeClosedError
+
+Packet = List[Any]
+
+DEFAULT_SLOT_SIZE = 64 << 10
+DEFAULT_RECEIVE_TIMEOUT = 0.1
+# A reader that keeps losing the race to a writer gives up after this many tries
+# and reports "nothing new" rather than spin; the next receive() tries again.
+MAX_READ_ATTEMPTS = 100
+
+
+def _check_slot_size(slot_size: object) -> int | None:
+    if slot_size is None:
+        return None
+    size = check_count(slot_size, "slot_size", minimum=64, maximum=L.MAX_CAPACITY // (2 * L.LANES))
+    return L.fast_capacity(L.align(size))
+
+
+def _lane_owner(data: memoryview, lane: int) -> tuple[int, int]:
+    base = (L.LANE_TABLE + lane * L.LANE_ENTRY) // 8
+    return data[base], data[base + 1]
+
+
+def _wake_sleepers(pipe: Pipe, data: memoryview) -> None:
+    """Post the semaphore of every Fast receiver asleep waiting for a value."""
+    data[L.F_SLEEPERS] = 0
+    h = pipe.header
+    for index in range(h[L.SLOT_HIGH]):
+        base = L.slot_base(index)
+        if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+            pipe.slot_semaphore(index).release()
+
+
+class FastSender(Endpoint):
+    """Publishes packets as the current value of a Fast pipe, creating the pipe if needed.
+
+    ``FastSender(name, debug=0)`` connects at once.  Keyword-only options:
+
+    * ``size`` -- packet length the pipe enforces (``0``: any), applied when this
+      sender creates the pipe or overrides it.
+    * ``override`` -- clear the pipe's current value and apply ``size``.
+    * ``slot_size`` -- largest encoded packet in bytes, when this sender creates
+      the pipe (default 64 KiB).
+    """
+
+    _role = "sender"
+    _model = L.MODEL_FAST
+
+    def __init__(
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        size: int | None = None,
+        override: bool = False,
+        slot_size: int | None = None,
+    ) -> None:
+        super().__init__(name, debug)
+        self._size = None if size is None else check_count(size, "size", minimum=0)
+        self._override = bool(override)
+        self._capacity = _check_slot_size(slot_size)
+        self._slot: Slot | None = None
+        self._send_lock = threading.Lock()
+        self.open_connection()
+        self._override = False  # applies to the first connection only
+
+    def open_connection(self) -> None:
+        """Connect to the pipe (creating it if needed) and take a lane.  No-op when connected."""
+        if self._pipe is not None:
+            return
+        pipe = open_pipe(
+            self._name,
+            self._model,
+            capacity=self._capacity,
+            packet_len=self._size,
+            override=self._override,
+            on_event=self._log if self._debug else None,
+            default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
+        )
+        try:
+            data = pipe.data.cast("Q")
+            self._slot = pipe.claim_slot(L.ROLE_SENDER)
+            with pipe.lock:
+                if self._override:
+                    data[L.F_LATEST] = 0
+                self._lane = self._claim_lane(pipe, data, self._slot)
+            self._data = data
+            self._slot_size = L.fast_slot_size(pipe.capacity)
+            self._buffers = [L.fast_buffer_offset(pipe.capacity, self._lane, b) for b in (0, 1)]
+            latest = data[L.F_LATEST]
+            # Write first into the buffer readers are not looking at.
+            self._current = latest & 1 if latest and (latest >> 1) & 0x7F == self._lane else 1
+            self._stamp = max(data[offset // 8 + L.B_SEQ] for offset in self._buffers) | 1
+            self._pipe = pipe
+        except BaseException:
+            self._data = None  # type: ignore[assignment]
+            if self._slot is not None:
+                pipe.release_slot(self._slot)
+                self._slot = None
+            pipe.close()
+            raise
+        self._register()
+        self._log(f"connected (slot {self._slot.index}, lane {self._lane})")
+
+    def _claim_lane(self, pipe: Pipe, data: memoryview, slot: Slot) -> int:
+        # Under the writers' lock.  A lane is free when its owner's slot no longer
+        # holds the token it was claimed with (the owner left or died and was reaped).
+        h = pipe.header
+        for lane in range(L.LANES):
+            owner, token = _lane_owner(data, lane)
+            if owner:
+                base = L.slot_base(owner - 1)
+                still_owned = h[base + L.S_TOKEN] == token and h[base + L.S_ROLE] == L.ROLE_SENDER
+                if still_owned and pipe.slot_alive(owner - 1):
+                    continue
+            entry = (L.LANE_TABLE + lane * L.LANE_ENTRY) // 8
+            data[entry + 1] = slot.token
+            data[entry] = slot.index + 1
+            return lane
+        raise PipeBusyError(f"Fast pipe {self._name!r} already has {L.LANES} live senders; close one first")
+
+    def close_connection(self) -> None:
+        """Disconnect.  The value last sent stays in the pipe for later receivers.  Idempotent."""
+        pipe, slot = self._pipe, self._slot
+        if pipe is None or slot is None:
+            return
+        with self._send_lock:
+            self._pipe = None
+        self._unregister()
+        entry = (L.LANE_TABLE + self._lane * L.LANE_ENTRY) // 8
+        with pipe.lock:
+            if self._data[entry + 1] == slot.token:
+                self._data[entry] = 0
+        self._data.release()
+        pipe.release_slot(slot)
+        self._slot = None
+        pipe.close()
+        self._closed_reason = "it was closed with close_connection()"
+        self._log("disconnected")
+
+    def _forget_after_fork(self) -> None:
+        pipe, slot = self._pipe, self._slot
+        self._pipe = self._slot = None
+        self._send_lock = threading.Lock()
+        if slot is not None:
+            slot.lock.close()
+        if pipe is not None:
+            self._data.release()
+            pipe.close()
+
+    def send(self, data: Union[List[Any], tuple[Any, ...]]) -> None:
+        """Publish ``data`` (a list or tuple) as the pipe's current value.  Never blocks on receivers.
+
+        Raises :class:`PacketTypeError` for values PipeBit cannot carry and
+        :class:`PacketSizeError` for a packet of the wrong length or larger than
+        the pipe's slot.
+        """
+        encoded = _codec.encode(data)
+        with self._send_lock:  # one writer per lane: threads of this sender take turns
+            pipe = self._pipe
+            if pipe is None:
+                self._require_pipe()
+                return
+            required = pipe.header[L.PACKET_LEN]
+            if required and len(data) != required:
+                raise PacketSizeError(f"pipe {self._name!r} carries packets of {required} elements, got {len(data)}")
+            n = len(encoded)
+            if n > self._slot_size:
+                raise PacketSizeError(
+                    f"packet encodes to {n} bytes; Fast pipe {self._name!r} carries at most "
+                    f"{self._slot_size} bytes per packet: create it with a larger slot_size"
+                )
+            buffer = 1 - self._current
+            offset = self._buffers[buffer]
+            header = offset // 8
+            words = self._data
+            stamp = self._stamp + 2  # odd: being written
+            words[header + L.B_SEQ] = stamp
+            start = offset + L.BUFFER_HEADER
+            pipe.data[start : start + n] = encoded
+            words[header + L.B_LENGTH] = n
+            words[header + L.B_WRITE_NS] = time.time_ns()
+            words[header + L.B_SEQ] = stamp + 1  # even: complete
+            words[L.F_LATEST] = ((stamp + 1) << 8) | (self._lane << 1) | buffer  # publish
+            self._stamp = stamp
+            self._current = buffer
+            pipe.header[L.LAST_WRITE_NS] = time.time_ns()
+            pipe.header[L.PACKETS] += 1
+            fence()
+            if words[L.F_SLEEPERS]:
+                _wake_sleepers(pipe, words)
+
+
+class FastReceiver(Endpoint):
+    """Reads the newest value of a Fast pipe, creating the pipe if it does not exist.
+
+    ``FastReceiver(name, debug=0)`` attaches at once.  ``slot_size`` applies when
+    this receiver creates the pipe.
+    """
+
+    _role = "receiver"
+    _model = L.MODEL_FAST
+
+    def __init__(self, name: str, debug: Union[int, bool] = 0, *, slot_size: int | None = None) -> None:
+        super().__init__(name, debug)
+        self._capacity = _check_slot_size(slot_size)
+        self._slot: Slot | None = None
+        self._last = 0
+        self._read_lock = threading.Lock()
+        self.open_connection()
+
+    def open_connection(self) -> None:
+        """Attach to the pipe (creating it if needed).  No-op when connected."""
+        if self._pipe is not None:
+            return
+        pipe = open_pipe(
+            self._name,
+            self._model,
+            capacity=self._capacity,
+            packet_len=None,
+            override=False,
+            on_event=self._log if self._debug else None,
+            default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
+        )
+        try:
+            self._slot = pipe.claim_slot(L.ROLE_RECEIVER)
+            self._data = pipe.data.cast("Q")
+            self._slot_size = L.fast_slot_size(pipe.capacity)
+            self._semaphore = pipe.slot_semaphore(self._slot.index)
+            self._pipe = pipe
+        except BaseException:
+            if self._slot is not None:
+                pipe.release_slot(self._slot)
+                self._slot = None
+            pipe.close()
+            raise
+        self._register()
+        self._log(f"connected (slot {self._slot.index})")
+
+    def close_connection(self) -> None:
+        """Detach from the pipe.  Idempotent."""
+        pipe, slot = self._pipe, self._slot
+        if pipe is None or slot is None:
+            return
+        with self._read_lock:
+            self._pipe = None
+        self._semaphore.release()  # wake a receive() sleeping in another thread
+        self._unregister()
+        self._data.release()
+        pipe.release_slot(slot)
+        self._slot = None
+        pipe.close()
+        self._closed_reason = "it was closed with close_connection()"
+        self._log("disconnected")
+
+    def _forget_after_fork(self) -> None:
+        pipe, slot = self._pipe, self._slot
+        self._pipe = self._slot = None
+        self._read_lock = threading.Lock()
+        if slot is not None:
+            slot.lock.close()
+        if pipe is not None:
+            self._data.release()
+            pipe.close()
+
+    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
+        """``[newest packet]`` if a newer value was published since this receiver's last
+        receive(), else ``[]``.
+
+        With nothing new it waits for a new value: up to ``timeout`` seconds (default
+        0.1), forever with ``None``, not at all with ``0``.
+        """
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            with self._read_lock:
+                pipe = self._require_pipe()
+                packet = self._read_newest(pipe)
+            if packet is not None:
+                return [packet]
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return []
+            self._sleep(pipe, remaining)
+
+    def _read_newest(self, pipe: Pipe) -> Packet | None:
+        words = self._data
+        data = pipe.data
+        for _ in range(MAX_READ_ATTEMPTS):
+            latest = words[L.F_LATEST]
+            if latest in (self._last, 0):
+                if pipe.removed:
+                    raise PipeClosedError(f"pipe {self._name!r} was removed while this receiver was attached")
+                return None
+            stamp, lane, buffer = latest >> 8, (latest >> 1) & 0x7F, latest & 1
+            if lane >= L.LANES:
+                return None
+            offset = L.fast_buffer_offset(pipe.capacity, lane, buffer)
+            header = offset // 8
+            if words[header + L.B_SEQ] != stamp:
+                continue  # that buffer is being rewritten: a newer value is on its way
+            length = words[header + L.B_LENGTH]
+            if length > self._slot_size:
+                continue
+            start = offset + L.BUFFER_HEADER
+            payload = bytes(data[start : start + length])
+            if words[header + L.B_SEQ] != stamp:
+                continue  # overwritten while we copied
+            self._last = latest
+            return _codec.decode(payload)
+        return None
+
+    def _sleep(self, pipe: Pipe, timeout: float | None) -> None:
+        assert self._slot is not None
+        h, words = pipe.header, self._data
+        flag = self._slot.base + L.S_WAITING
+        h[flag] = 1
+        words[L.F_SLEEPERS] = 1
+        try:
+            fence()
+            latest = words[L.F_LATEST]
+            if latest not in (self._last, 0):
+                return
+            try:
+                self._semaphore.acquire(0.5 if timeout is None else min(timeout, 0.5))
+            except posix_ipc.BusyError:
+                pass
+        finally:
+            h[flag] = 0
+
+    def __iter__(self) -> Iterator[Packet]:
+        """Yield each new value as it is published, until the receiver is closed."""
+        while True:
+            try:
+                batch = self.receive(timeout=None)
+            except PipeClosedError:
+                return
+            yield from batch
