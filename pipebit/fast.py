@@ -122,7 +122,8 @@ class FastSender(Endpoint):
             latest = data[L.F_LATEST]
             # Write first into the buffer readers are not looking at.
             self._current = latest & 1 if latest and (latest >> 1) & 0x7F == self._lane else 1
-            self._stamp = max(data[offset // 8 + L.B_SEQ] for offset in self._buffers) | 1
+            # Continue the lane's sequence (from the last even seq) so publications stay unique.
+            self._stamp = (max(data[offset // 8 + L.B_SEQ] for offset in self._buffers) + 1) & ~1
             self._pipe = pipe
         except BaseException:
             self._data = None  # type: ignore[assignment]
@@ -206,7 +207,7 @@ class FastSender(Endpoint):
             offset = self._buffers[buffer]
             header = offset // 8
             words = self._data
-            stamp = self._stamp + 2  # odd: being written
+            stamp = self._stamp + 1  # odd: being written
             words[header + L.B_SEQ] = stamp
             start = offset + L.BUFFER_HEADER
             pipe.data[start : start + n] = encoded
@@ -214,7 +215,7 @@ class FastSender(Endpoint):
             words[header + L.B_WRITE_NS] = time.time_ns()
             words[header + L.B_SEQ] = stamp + 1  # even: complete
             words[L.F_LATEST] = ((stamp + 1) << 8) | (self._lane << 1) | buffer  # publish
-            self._stamp = stamp
+            self._stamp = stamp + 1
             self._current = buffer
             pipe.header[L.LAST_WRITE_NS] = time.time_ns()
             pipe.header[L.PACKETS] += 1

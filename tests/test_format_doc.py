@@ -51,3 +51,17 @@ def test_record_layout_matches_the_code() -> None:
     assert L.WRAP_MARK == 0xFFFFFFFF
     assert "o + 16 | `payload_len`" in DOC
     assert L.MAGIC.hex(" ") in DOC.replace("`", "").lower()
+
+
+def test_fast_register_layout_matches_the_code() -> None:
+    body = DOC.split("## The Fast register", 1)[1]
+    assert f"| {L.F_LATEST * 8} | `latest` |" in body
+    assert f"| {L.F_SLEEPERS * 8} | `sleepers` |" in body
+    assert f"| {L.LANE_TABLE} | lane table | {L.LANES} entries of {L.LANE_ENTRY} bytes" in body
+    assert f"| {L.BUFFERS} | buffers | {2 * L.LANES} buffers" in body
+    assert f"at `{L.BUFFERS} + (2l + b) * ({L.BUFFER_HEADER} + slot_size)`" in body
+    assert f"`capacity` = {L.fast_capacity(65536)}" in body
+    assert f"`slot_size = (capacity - {L.BUFFERS}) / {2 * L.LANES} - {L.BUFFER_HEADER}`" in body
+    buffer_fields = {"seq": L.B_SEQ, "length": L.B_LENGTH, "write_ns": L.B_WRITE_NS}
+    for field, index in buffer_fields.items():
+        assert f"| +{8 * index} | `{field}` |" in body
