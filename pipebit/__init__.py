@@ -18,6 +18,7 @@ and ``docs/format.md`` for the shared-memory layout.
 
 from ._pipe import DEFAULT_CAPACITY
 from ._pipe import remove_pipe as remove
+from ._stats import EndpointStats, Participant, PipeStats, list_pipes, pipe_stats
 from .errors import (
     ArgumentTypeError,
     CorruptPacketError,
@@ -48,6 +49,7 @@ __all__ = [
     "BitPackReceiver",
     "BitPackSender",
     "CorruptPacketError",
+    "EndpointStats",
     "FastReceiver",
     "FastSender",
     "InvalidArgumentError",
@@ -55,6 +57,7 @@ __all__ = [
     "ModelMismatchError",
     "PacketSizeError",
     "PacketTypeError",
+    "Participant",
     "PipeBitError",
     "PipeBitWarning",
     "PipeBusyError",
@@ -62,11 +65,14 @@ __all__ = [
     "PipeFormatError",
     "PipeNotFoundError",
     "PipePermissionError",
+    "PipeStats",
     "PipeTimeoutError",
     "SafeReceiver",
     "SafeSender",
     "UndeliveredPacketsWarning",
     "WorkerError",
     "__version__",
+    "list_pipes",
+    "pipe_stats",
     "remove",
 ]

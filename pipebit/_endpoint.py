@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from . import _layout as L
 from ._pipe import Pipe
 from ._shm import validate_name
+from ._stats import EndpointStats, endpoint_stats
 from .errors import ArgumentTypeError, InvalidArgumentError, PipeClosedError
 
 logger = logging.getLogger("pipebit")
@@ -130,6 +131,16 @@ class Endpoint:
 
     def _forget_after_fork(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _counters(self) -> tuple[int, int, int]:  # pragma: no cover - overridden
+        """(slot index, packets, pending) for :meth:`stats`."""
+        raise NotImplementedError
+
+    def stats(self) -> EndpointStats:
+        """A snapshot of this endpoint and its pipe (see :class:`pipebit.EndpointStats`)."""
+        pipe = self._require_pipe()
+        slot, packets, pending = self._counters()
+        return endpoint_stats(pipe, slot, self._role, packets, pending)
 
     def __enter__(self) -> Any:
         self.open_connection()

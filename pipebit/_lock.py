@@ -57,9 +57,9 @@ class WriterLock:
 
     __slots__ = ("_fd", "path")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
-        self._fd = _shm.open_lock_file(path)
+        self._fd = _shm.open_lock_file(path, create=create)
 
     def acquire(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_EX)

@@ -46,7 +46,7 @@ class Slot:
 class Pipe:
     """A mapped pipe.  Not thread-safe by itself: each endpoint serialises its own use."""
 
-    def __init__(self, name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
+    def __init__(self, name: str, segment: _shm.Segment, info: L.HeaderInfo, *, create_lock: bool = True) -> None:
         self.name = name
         self.segment = segment
         self.model = info.model
@@ -54,7 +54,7 @@ class Pipe:
         self.created_ns = info.created_ns
         self.header = segment.view[: L.DATA_OFFSET].cast("Q")
         self.data = segment.view[L.DATA_OFFSET : L.DATA_OFFSET + info.capacity]
-        self.lock = _lock.WriterLock(_shm.lock_path(name))
+        self.lock = _lock.WriterLock(_shm.lock_path(name), create=create_lock)
         self._semaphores: dict[int, posix_ipc.Semaphore] = {}
         self._writer_semaphore: posix_ipc.Semaphore | None = None
         self.closed = False
@@ -274,6 +274,27 @@ def _rebuild(name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
     finally:
         pipe.close()
     _shm.remove_os_objects(name, L.SLOT_COUNT)
+
+
+def attach_existing(name: str) -> Pipe:
+    """Map an existing pipe to inspect it: nothing is created and no slot is claimed.
+
+    :class:`PipeNotFoundError` if it does not exist (or is being removed),
+    :class:`PipeFormatError` if its segment is not a readable PipeBit pipe.
+    """
+    segment = _shm.attach_segment(name)
+    try:
+        info = L.read_static(segment.view, segment.size)
+        if info.name != name:
+            raise L.LayoutProblem(f"it holds pipe {info.name!r}")
+    except L.LayoutProblem as problem:
+        segment.close()
+        raise _describe(name, problem) from None
+    try:
+        return Pipe(name, segment, info, create_lock=False)
+    except FileNotFoundError:
+        segment.close()
+        raise PipeNotFoundError(f"pipe {name!r} is being removed") from None
 
 
 def remove_pipe(name: str, *, force: bool = False) -> list[str]:

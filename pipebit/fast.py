@@ -117,6 +117,7 @@ class FastSender(Endpoint):
                     data[L.F_LATEST] = 0
                 self._lane = self._claim_lane(pipe, data, self._slot)
             self._data = data
+            self._slot_count = self._slot.base + L.S_COUNT
             self._slot_size = L.fast_slot_size(pipe.capacity)
             self._buffers = [L.fast_buffer_offset(pipe.capacity, self._lane, b) for b in (0, 1)]
             latest = data[L.F_LATEST]
@@ -181,6 +182,11 @@ class FastSender(Endpoint):
             self._data.release()
             pipe.close()
 
+    def _counters(self) -> tuple[int, int, int]:
+        assert self._slot is not None
+        assert self._pipe is not None
+        return self._slot.index, self._pipe.header[self._slot_count], 0
+
     def send(self, data: Union[List[Any], tuple[Any, ...]]) -> None:
         """Publish ``data`` (a list or tuple) as the pipe's current value.  Never blocks on receivers.
 
@@ -218,7 +224,8 @@ class FastSender(Endpoint):
             self._stamp = stamp + 1
             self._current = buffer
             pipe.header[L.LAST_WRITE_NS] = time.time_ns()
-            pipe.header[L.PACKETS] += 1
+            pipe.header[L.PACKETS] += 1  # approximate with several senders: not under a lock
+            pipe.header[self._slot_count] += 1
             fence()
             if words[L.F_SLEEPERS]:
                 _wake_sleepers(pipe, words)
@@ -239,6 +246,7 @@ class FastReceiver(Endpoint):
         self._capacity = _check_slot_size(slot_size)
         self._slot: Slot | None = None
         self._last = 0
+        self._returned = 0
         self._read_lock = threading.Lock()
         self.open_connection()
 
@@ -340,8 +348,14 @@ class FastReceiver(Endpoint):
             if words[header + L.B_SEQ] != stamp:
                 continue  # overwritten while we copied
             self._last = latest
+            self._returned += 1
+            pipe.header[self._slot.base + L.S_COUNT] = self._returned  # type: ignore[union-attr]
             return _codec.decode(payload)
         return None
+
+    def _counters(self) -> tuple[int, int, int]:
+        assert self._slot is not None
+        return self._slot.index, self._returned, 0
 
     def _sleep(self, pipe: Pipe, timeout: float | None) -> None:
         assert self._slot is not None

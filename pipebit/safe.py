@@ -127,6 +127,7 @@ class SafeSender(Endpoint):
             self._slot = pipe.claim_slot(L.ROLE_SENDER)
             self._writer = RingWriter(pipe)
             self._header = pipe.header
+            self._slot_count = self._slot.base + L.S_COUNT
             self._max_packet = max_packet_bytes(pipe.capacity)
             self._batch_bytes = max(self._max_packet // 4, 1)
             self._queue_bytes = pipe.capacity
@@ -193,6 +194,11 @@ class SafeSender(Endpoint):
             slot.lock.close()  # our copy only: the parent's lock stays held
         if pipe is not None:
             pipe.close()
+
+    def _counters(self) -> tuple[int, int, int]:
+        assert self._slot is not None
+        with self._mutex:
+            return self._slot.index, self._sent, self._queued + self._in_flight
 
     # --------------------------------------------------------------- sending
     def send(self, data: Union[List[Any], tuple[Any, ...]], timeout: float | None = None) -> None:
@@ -310,6 +316,7 @@ class SafeSender(Endpoint):
             with self._mutex:
                 self._in_flight = 0
                 self._sent += len(batch)
+                self._header[self._slot_count] += len(batch)
 
 
 class SafeReceiver(Endpoint):
@@ -352,6 +359,7 @@ class SafeReceiver(Endpoint):
         self._worker: Worker | None = None
         self._slot: Slot | None = None
         self._resume: tuple[int, int, int] | None = None  # (created_ns, cursor, next_seq)
+        self._returned = 0
         self.open_connection()
 
     # ------------------------------------------------------------ connection
@@ -451,9 +459,15 @@ class SafeReceiver(Endpoint):
                 self._wait_for_packets(limit)
             packets = self._cache
             self._cache = []
+            self._returned += len(packets)
             if self._reader_blocked:
                 self._cond.notify_all()
         return packets
+
+    def _counters(self) -> tuple[int, int, int]:
+        assert self._slot is not None
+        with self._mutex:
+            return self._slot.index, self._returned, len(self._cache)
 
     def _wait_for_packets(self, limit: float | None) -> None:
         # Called with the mutex held and the cache empty.
