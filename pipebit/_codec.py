@@ -51,25 +51,48 @@ def _packer() -> Callable[[object], bytes]:
         return pack
 
 
+def new_packer() -> Callable[[object], bytes]:
+    """A packing function for one endpoint, to be called under that endpoint's lock.
+
+    Faster than :func:`encode` on a hot path; it does not check the packet's
+    top-level type, and its errors must go through :func:`encoding_error`.
+    """
+    pack: Callable[[object], bytes] = msgpack.Packer(default=_pack_unsupported, use_bin_type=True).pack
+    return pack
+
+
+def not_a_packet(packet: object) -> PacketTypeError:
+    """The error for a packet that is not a list or tuple."""
+    return PacketTypeError(f"a packet must be a list or tuple, not {type(packet).__name__!r}")
+
+
+def encoding_error(exc: Exception) -> Exception:
+    """Translate an exception raised while packing into the PipeBit error to raise."""
+    if isinstance(exc, PacketTypeError):
+        return exc
+    if isinstance(exc, UnicodeEncodeError):  # a str holding a lone surrogate has no UTF-8 form
+        return PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}")
+    if isinstance(exc, ValueError):  # "recursion limit exceeded": too deep, or a list containing itself
+        return PacketSizeError(f"packet nests too deeply (or contains itself): {exc}")
+    if isinstance(exc, (TypeError, OverflowError)):  # msgpack's own refusals
+        return PacketTypeError(f"packet cannot be encoded: {exc}")
+    return exc
+
+
 def encode(packet: object) -> bytes:
     """Encode one packet, or raise :class:`PacketTypeError` naming what is wrong.
 
     The result is a snapshot: later changes to ``packet`` do not affect it.
     """
     if not isinstance(packet, (list, tuple)):
-        raise PacketTypeError(f"a packet must be a list or tuple, not {type(packet).__name__!r}")
+        raise not_a_packet(packet)
     try:
         return _packer()(packet)
-    except PacketTypeError:
-        raise
-    except UnicodeEncodeError as exc:  # a str holding a lone surrogate has no UTF-8 form
-        raise PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}") from exc
-    except TypeError as exc:  # msgpack's own refusals, e.g. a dict subclass it cannot iterate
-        raise PacketTypeError(f"packet cannot be encoded: {exc}") from exc
-    except ValueError as exc:  # "recursion limit exceeded": too deep, or a list containing itself
-        raise PacketSizeError(f"packet nests too deeply (or contains itself): {exc}") from exc
-    except OverflowError as exc:  # pragma: no cover - big ints go through _pack_unsupported
-        raise PacketTypeError(f"packet cannot be encoded: {exc}") from exc
+    except Exception as exc:
+        error = encoding_error(exc)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def array_header(count: int) -> bytes:

@@ -95,8 +95,8 @@ class SafeSender(Endpoint):
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0
         self._queued_bytes = 0
+        self._pack = _codec.new_packer()  # used under self._mutex only
         self._in_flight = 0
         self._sent = 0
         self._worker_idle = False
@@ -127,6 +127,7 @@ class SafeSender(Endpoint):
             self._slot = pipe.claim_slot(L.ROLE_SENDER)
             self._writer = RingWriter(pipe)
             self._header = pipe.header
+            self._required = pipe.header[L.PACKET_LEN]
             self._slot_count = self._slot.base + L.S_COUNT
             self._max_packet = max_packet_bytes(pipe.capacity)
             self._batch_bytes = max(self._max_packet // 4, 1)
@@ -164,9 +165,9 @@ class SafeSender(Endpoint):
             self._cond.notify_all()
         worker.stop(timeout=10.0)
         with self._mutex:
-            lost = self._queued + self._in_flight
+            lost = len(self._queue) + self._in_flight
             self._queue.clear()
-            self._queued = self._queued_bytes = self._in_flight = 0
+            self._queued_bytes = self._in_flight = 0
             self._cond.notify_all()
         self._pipe = None
         self._unregister()
@@ -187,7 +188,7 @@ class SafeSender(Endpoint):
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = self._worker = None
         self._queue = collections.deque()
-        self._queued = self._queued_bytes = self._in_flight = 0
+        self._queued_bytes = self._in_flight = 0
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         if slot is not None:
@@ -198,7 +199,7 @@ class SafeSender(Endpoint):
     def _counters(self) -> tuple[int, int, int]:
         assert self._slot is not None
         with self._mutex:
-            return self._slot.index, self._sent, self._queued + self._in_flight
+            return self._slot.index, self._sent, len(self._queue) + self._in_flight
 
     # --------------------------------------------------------------- sending
     def send(self, data: Union[List[Any], tuple[Any, ...]], timeout: float | None = None) -> None:
@@ -209,27 +210,37 @@ class SafeSender(Endpoint):
         Blocks only while the send queue is full: ``timeout=None`` waits as long
         as it takes, otherwise :class:`PipeTimeoutError` after ``timeout`` seconds.
         """
-        if self._pipe is None:
-            self._require_pipe()
-        worker = self._worker
-        if worker is not None and worker.error is not None:
-            worker.check()
-        encoded = _codec.encode(data)
-        required = self._header[L.PACKET_LEN]
+        # The hot path of the library: every line here is paid per packet.
+        kind = data.__class__
+        if kind is not list and kind is not tuple and not isinstance(data, (list, tuple)):
+            raise _codec.not_a_packet(data)
+        required = self._required
         if required and len(data) != required:
             raise PacketSizeError(f"pipe {self._name!r} carries packets of {required} elements, got {len(data)}")
-        n = len(encoded)
-        if n > self._max_packet:
-            raise PacketSizeError(
-                f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
-                f"bytes per packet (capacity {self._pipe.capacity if self._pipe else '?'}): "
-                "create the pipe with a larger capacity"
-            )
         with self._mutex:
-            if self._queued >= self._queue_size or (self._queued and self._queued_bytes + n > self._queue_bytes):
+            if self._pipe is None:
+                self._require_pipe()
+            worker = self._worker
+            if worker is not None and worker.error is not None:
+                worker.check()
+            try:
+                encoded = self._pack(data)  # the snapshot: later changes to data do not matter
+            except Exception as exc:
+                error = _codec.encoding_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            n = len(encoded)
+            if n > self._max_packet:
+                raise PacketSizeError(
+                    f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
+                    "bytes per packet: create the pipe with a larger capacity"
+                )
+            queue = self._queue
+            if len(queue) >= self._queue_size or (queue and self._queued_bytes + n > self._queue_bytes):
                 self._wait_for_room(n, timeout)
-            self._queue.append(encoded)
-            self._queued += 1
+                queue = self._queue
+            queue.append(encoded)
             self._queued_bytes += n
             if self._worker_idle:
                 self._worker_idle = False
@@ -240,7 +251,7 @@ class SafeSender(Endpoint):
         deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
         self._blocked += 1
         try:
-            while self._queued >= self._queue_size or (self._queued and self._queued_bytes + n > self._queue_bytes):
+            while len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
                 if self._pipe is None:
                     self._require_pipe()
                 if self._worker is not None:
@@ -263,7 +274,7 @@ class SafeSender(Endpoint):
         self._require_pipe()
         if not self._wait_delivered(check_timeout(timeout), report=True):
             raise PipeTimeoutError(
-                f"flush() waited {timeout}s; {self._queued + self._in_flight} packet(s) of pipe "
+                f"flush() waited {timeout}s; {len(self._queue) + self._in_flight} packet(s) of pipe "
                 f"{self._name!r} are not delivered yet (its receivers are not keeping up)"
             )
 
@@ -272,7 +283,7 @@ class SafeSender(Endpoint):
         error is raised if ``report``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._mutex:
-            while self._queued or self._in_flight:
+            while self._queue or self._in_flight:
                 if self._worker is not None and not self._worker.alive:
                     if report:
                         self._worker.check()
@@ -285,38 +296,43 @@ class SafeSender(Endpoint):
 
     def _deliver(self, stopping: threading.Event) -> None:
         """The delivery thread: move queued packets into the ring, a batch per record."""
-        queue = self._queue
         writer = self._writer
         abort = self._abort.is_set
         batch_bytes = self._batch_bytes
+        header = self._header
         while True:
             with self._mutex:
-                while not queue:
+                while not self._queue:
                     if stopping.is_set():
                         return
                     self._worker_idle = True
                     self._cond.notify_all()  # flushers wait for an empty queue
                     self._cond.wait()
                 self._worker_idle = False
-                batch = [queue.popleft()]
-                size = len(batch[0])
-                while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
-                    item = queue.popleft()
-                    batch.append(item)
-                    size += len(item)
-                self._queued -= len(batch)
+                queue = self._queue
+                if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
+                    batch, size = queue, self._queued_bytes  # all of it: swap, do not copy
+                    self._queue = collections.deque()
+                else:
+                    batch = collections.deque([queue.popleft()])
+                    size = len(batch[0])
+                    while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+                        item = queue.popleft()
+                        batch.append(item)
+                        size += len(item)
                 self._queued_bytes -= size
-                self._in_flight = len(batch)
+                self._in_flight = count = len(batch)
                 if self._blocked:
                     self._cond.notify_all()
             try:
-                writer.commit(_codec.join_batch(batch), len(batch), abort)
+                writer.commit(_codec.join_batch(batch), count, abort)
             except Aborted:
                 return
             with self._mutex:
                 self._in_flight = 0
-                self._sent += len(batch)
-                self._header[self._slot_count] += len(batch)
+                self._sent += count
+                header[self._slot_count] += count
+                self._required = header[L.PACKET_LEN]  # another sender's override may change it
 
 
 class SafeReceiver(Endpoint):
