@@ -54,6 +54,7 @@ class Pipe:
         self.created_ns = info.created_ns
         self.header = segment.view[: L.DATA_OFFSET].cast("Q")
         self.data = segment.view[L.DATA_OFFSET : L.DATA_OFFSET + info.capacity]
+        self.words = self.data.cast("Q")  # the data area as u64s (the Fast register's fields)
         self.lock = _lock.WriterLock(_shm.lock_path(name), create=create_lock)
         self._semaphores: dict[int, posix_ipc.Semaphore] = {}
         self._writer_semaphore: posix_ipc.Semaphore | None = None
@@ -158,6 +159,7 @@ class Pipe:
             self._writer_semaphore = None
         self.lock.close()
         self.header.release()
+        self.words.release()
         self.data.release()
         self.segment.close()
 

@@ -153,19 +153,10 @@ def read_stats(pipe: Pipe) -> PipeStats:
         lowest = min([tail, *cursors])
         used, unread = head - min(lowest, head), head - min(cursors, default=head)
         max_packet = pipe.capacity - L.RECORD_HEADER - 5
+        last = h[L.LAST_WRITE_NS]
     else:
-        words = pipe.data.cast("Q")
-        try:
-            latest = words[L.F_LATEST]
-            used = 0
-            if latest:
-                lane, buffer = (latest >> 1) & 0x7F, latest & 1
-                if lane < L.LANES:
-                    used = words[L.fast_buffer_offset(pipe.capacity, lane, buffer) // 8 + L.B_LENGTH]
-        finally:
-            words.release()
+        used, written, last = _fast_register(pipe)
         unread, max_packet = 0, L.fast_slot_size(pipe.capacity)
-    last = h[L.LAST_WRITE_NS]
     return PipeStats(
         name=pipe.name,
         model=L.MODEL_NAMES[pipe.model],
@@ -180,6 +171,27 @@ def read_stats(pipe: Pipe) -> PipeStats:
         writers_waiting=h[L.WRITERS_WAITING],
         participants=tuple(participants),
     )
+
+
+def _fast_register(pipe: Pipe) -> tuple[int, int, int]:
+    """(bytes of the current value, packets ever published, newest write_ns) of a Fast pipe.
+
+    Each lane's sequence grows by 2 per publication and is continued by the
+    lane's next owner, so half the highest sequence of each lane counts them all.
+    """
+    words = pipe.words
+    latest = words[L.F_LATEST]
+    used = written = newest = 0
+    for lane in range(L.LANES):
+        seqs = [words[L.fast_buffer_offset(pipe.capacity, lane, b) // 8 + L.B_SEQ] for b in (0, 1)]
+        written += max(seqs) // 2
+        for buffer in (0, 1):
+            base = L.fast_buffer_offset(pipe.capacity, lane, buffer) // 8
+            newest = max(newest, words[base + L.B_WRITE_NS])
+    if latest and (latest >> 1) & 0x7F < L.LANES:
+        lane, buffer = (latest >> 1) & 0x7F, latest & 1
+        used = words[L.fast_buffer_offset(pipe.capacity, lane, buffer) // 8 + L.B_LENGTH]
+    return used, written, newest
 
 
 def endpoint_stats(pipe: Pipe, slot: int, role: str, packets: int, pending: int) -> EndpointStats:
