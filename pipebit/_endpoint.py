@@ -65,7 +65,7 @@ def check_capacity(capacity: object) -> int | None:
     """``None`` (the pipe's own, or the default) or a byte count, rounded up to 8."""
     if capacity is None:
         return None
-    return L.align(check_count(capacity, "capacity", minimum=L.MIN_CAPACITY, maximum=L.MAX_CAPACITY))
+    return L.align(check_count(capacity, "capacity", minimum=L.MIN_RING, maximum=L.MAX_CAPACITY))
 
 
 def _enable_debug_output() -> None:

@@ -128,7 +128,8 @@ WRAP = struct.Struct("=I")  # a wrap mark is only its first field: it may sit in
 WRAP_MARK = 0xFFFFFFFF
 ALIGN = 8
 
-MIN_CAPACITY = 4096
+MIN_CAPACITY = 1024  # no valid data area is smaller (a Fast register with 64-byte slots is 2112)
+MIN_RING = 4096  # the smallest Safe ring a user may ask for
 MAX_CAPACITY = 1 << 34  # 16 GiB: well past any sane ring, well inside u32 record lengths x many
 
 

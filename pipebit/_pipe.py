@@ -175,13 +175,21 @@ def _initialise(name: str, model: int, capacity: int, packet_len: int) -> tuple[
     segment = _shm.create_segment(name, L.segment_size(capacity))
     if segment is None:  # only reachable if someone bypasses the lifecycle lock
         raise PipeBusyError(f"pipe {name!r} was created by someone else at the same moment; try again")
-    created_ns = time.time_ns()
-    segment.view[: L.STATIC.size] = L.pack_static(model, capacity, packet_len, created_ns, name)
-    header = segment.view[: L.DATA_OFFSET].cast("Q")
-    header[L.PACKET_LEN] = packet_len
-    header.release()
-    segment.view[0:8] = L.MAGIC  # last: attachers treat a header without magic as unfinished
-    return segment, L.read_static(segment.view, segment.size)
+    try:
+        created_ns = time.time_ns()
+        segment.view[: L.STATIC.size] = L.pack_static(model, capacity, packet_len, created_ns, name)
+        header = segment.view[: L.DATA_OFFSET].cast("Q")
+        header[L.PACKET_LEN] = packet_len
+        header.release()
+        segment.view[0:8] = L.MAGIC
+        info = L.read_static(segment.view, segment.size)  # what attachers will check, checked now
+    except BaseException as exc:
+        segment.close()
+        _shm.unlink_segment(name)
+        if isinstance(exc, L.LayoutProblem):  # a bug of ours, not the caller's: say so plainly
+            raise PipeFormatError(f"cannot create pipe {name!r}: {exc}") from None
+        raise
+    return segment, info
 
 
 def open_pipe(

@@ -30,7 +30,7 @@ from . import _layout as L
 from ._endpoint import Endpoint, check_count, check_timeout
 from ._pipe import Pipe, Slot, open_pipe
 from ._ring import fence, fence_pair
-from .errors import PacketSizeError, PipeBusyError, PipeClosedError
+from .errors import CorruptPacketError, PacketSizeError, PipeBusyError, PipeClosedError
 
 Packet = List[Any]
 
@@ -39,6 +39,9 @@ DEFAULT_RECEIVE_TIMEOUT = 0.1
 # A reader that keeps losing the race to a writer gives up after this many tries
 # and reports "nothing new" rather than spin; the next receive() tries again.
 MAX_READ_ATTEMPTS = 100
+# The longest a waiting receiver sleeps before looking again by itself.  Senders
+# wake it at once; this only bounds the cost of a wake-up lost to a crash.
+SLEEP_SLICE = 2.0
 
 # Bound once: module globals are cheaper to reach than attributes on the send path.
 _LATEST, _SLEEPERS = L.F_LATEST, L.F_SLEEPERS
@@ -76,8 +79,8 @@ class FastSender(Endpoint):
     * ``size`` -- packet length the pipe enforces (``0``: any), applied when this
       sender creates the pipe or overrides it.
     * ``override`` -- clear the pipe's current value and apply ``size``.
-    * ``slot_size`` -- largest encoded packet in bytes, when this sender creates
-      the pipe (default 64 KiB).
+    * ``slot_size`` -- largest encoded packet in bytes (at least 64, rounded up to
+      a multiple of 8), when this sender creates the pipe (default 64 KiB).
     """
 
     _role = "sender"
@@ -267,6 +270,10 @@ class FastReceiver(Endpoint):
         self._last = 0
         self._returned = 0
         self._read_lock = threading.Lock()
+        # Calls in progress, so that close_connection() (from any thread) can wake
+        # them and wait for them to leave before it unmaps what they are using.
+        self._users = threading.Condition()
+        self._active = 0
         self.open_connection()
 
     def open_connection(self) -> None:
@@ -287,6 +294,7 @@ class FastReceiver(Endpoint):
             self._data = pipe.words
             self._slot_size = L.fast_slot_size(pipe.capacity)
             self._semaphore = pipe.slot_semaphore(self._slot.index)
+            self._count_index = self._slot.base + L.S_COUNT
             self._pipe = pipe
         except BaseException:
             if self._slot is not None:
@@ -298,13 +306,16 @@ class FastReceiver(Endpoint):
         self._log(f"connected (slot {self._slot.index})")
 
     def close_connection(self) -> None:
-        """Detach from the pipe.  Idempotent."""
-        pipe, slot = self._pipe, self._slot
-        if pipe is None or slot is None:
-            return
-        with self._read_lock:
+        """Detach from the pipe; a receive() waiting in another thread returns.  Idempotent."""
+        with self._users:
+            pipe, slot = self._pipe, self._slot
+            if pipe is None or slot is None:
+                return
             self._pipe = None
-        self._semaphore.release()  # wake a receive() sleeping in another thread
+            deadline = time.monotonic() + 10
+            while self._active and time.monotonic() < deadline:
+                self._semaphore.release()  # wake it; it sees the endpoint closed and leaves
+                self._users.wait(0.05)
         self._unregister()
         pipe.release_slot(slot)
         self._slot = None
@@ -316,6 +327,8 @@ class FastReceiver(Endpoint):
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = None
         self._read_lock = threading.Lock()
+        self._users = threading.Condition()
+        self._active = 0
         if slot is not None:
             slot.lock.close()
         if pipe is not None:
@@ -330,16 +343,25 @@ class FastReceiver(Endpoint):
         """
         limit = check_timeout(timeout)
         deadline = None if limit is None else time.monotonic() + limit
-        while True:
-            with self._read_lock:
-                pipe = self._require_pipe()
-                packet = self._read_newest(pipe)
-            if packet is not None:
-                return [packet]
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return []
-            self._sleep(pipe, remaining)
+        with self._users:
+            pipe = self._require_pipe()
+            self._active += 1
+        try:
+            while True:
+                with self._read_lock:
+                    packet = self._read_newest(pipe)
+                if packet is not None:
+                    return [packet]
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                self._sleep(pipe, remaining)
+                if self._pipe is None:
+                    self._require_pipe()  # closed meanwhile: raise
+        finally:
+            with self._users:
+                self._active -= 1
+                self._users.notify_all()
 
     def _read_newest(self, pipe: Pipe) -> Packet | None:
         words = self._data
@@ -352,22 +374,29 @@ class FastReceiver(Endpoint):
                 return None
             stamp, lane, buffer = latest >> 8, (latest >> 1) & 0x7F, latest & 1
             if lane >= L.LANES:
-                return None
+                self._last = latest
+                raise CorruptPacketError(f"pipe {self._name!r}: the published value names lane {lane}")
             offset = L.fast_buffer_offset(pipe.capacity, lane, buffer)
             header = offset // 8
             if words[header + L.B_SEQ] != stamp:
                 continue  # that buffer is being rewritten: a newer value is on its way
             length = words[header + L.B_LENGTH]
-            if length > self._slot_size:
-                continue
             start = offset + L.BUFFER_HEADER
-            payload = bytes(data[start : start + length])
+            payload = bytes(data[start : start + min(length, self._slot_size)])
             if words[header + L.B_SEQ] != stamp:
                 continue  # overwritten while we copied
-            self._last = latest
+            self._last = latest  # this value is consumed, whether it decodes or not
+            if length > self._slot_size:
+                raise CorruptPacketError(
+                    f"pipe {self._name!r}: the published value claims {length} bytes, "
+                    f"more than the {self._slot_size} a slot holds"
+                )
             self._returned += 1
-            pipe.header[self._slot.base + L.S_COUNT] = self._returned  # type: ignore[union-attr]
-            return _codec.decode(payload)
+            pipe.header[self._count_index] = self._returned
+            try:
+                return _codec.decode(payload)
+            except CorruptPacketError as exc:
+                raise CorruptPacketError(f"pipe {self._name!r}: {exc}") from None
         return None
 
     def _counters(self) -> tuple[int, int, int]:
@@ -386,7 +415,7 @@ class FastReceiver(Endpoint):
             if latest not in (self._last, 0):
                 return
             try:
-                self._semaphore.acquire(0.5 if timeout is None else min(timeout, 0.5))
+                self._semaphore.acquire(SLEEP_SLICE if timeout is None else min(timeout, SLEEP_SLICE))
             except posix_ipc.BusyError:
                 pass
         finally:

@@ -52,6 +52,9 @@ DEFAULT_FLUSH_TIMEOUT = 5.0
 DEFAULT_RECEIVE_TIMEOUT = 0.1
 DEFAULT_MAX_CACHED = 65536
 STARTS = ("oldest", "new")
+# The longest the caching thread sleeps before looking by itself.  Senders wake
+# it at once; this only bounds the cost of a wake-up lost to a crash.
+SLEEP_SLICE = 2.0
 
 
 class SafeSender(Endpoint):
@@ -537,7 +540,7 @@ class SafeReceiver(Endpoint):
                     if self._waiters:
                         self._cond.notify_all()
             elif not stopping.is_set():
-                reader.wait(0.5)
+                reader.wait(SLEEP_SLICE)
 
 
 class BitPackSender(SafeSender):
