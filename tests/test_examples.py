@@ -1,0 +1,77 @@
+"""The README's examples run as a newcomer runs them (examples/ use fixed pipe names)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pipebit
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def free_pipes() -> Iterator[None]:
+    """The examples' pipe names are free before, and removed after, each test."""
+    names = ("data_pipe", "fan_out_demo")
+    for name in names:
+        try:
+            pipebit.remove(name)
+        except pipebit.PipeNotFoundError:
+            pass
+        except pipebit.PipeBusyError:
+            pytest.skip(f"a live process on this machine is using the pipe {name!r}")
+    yield
+    for name in names:
+        try:
+            pipebit.remove(name, force=True)
+        except pipebit.PipeNotFoundError:
+            pass
+
+
+def test_quick_start_pair_sender_first(free_pipes: None) -> None:
+    sent = run("sender.py")
+    assert sent.returncode == 0, sent.stderr
+    assert "created" in sent.stderr  # the example sender asks for debug output
+    received = run("receiver.py", "--count", "50")
+    assert received.returncode == 0, received.stderr
+    lines = received.stdout.splitlines()
+    assert lines[:50] == [str([i, i + 1, i + 2, i + 3, i + 4]) for i in range(50)]
+    assert lines[-1] == "received 50 packets"
+    with pytest.raises(pipebit.PipeNotFoundError):  # the example receiver tidies up
+        pipebit.pipe_stats("data_pipe")
+
+
+def test_quick_start_pair_receiver_first(free_pipes: None) -> None:
+    receiver = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "receiver.py"), "--count", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sent = run("sender.py")
+        assert sent.returncode == 0, sent.stderr
+        out, err = receiver.communicate(timeout=60)
+    finally:
+        if receiver.poll() is None:
+            receiver.kill()
+            receiver.communicate()
+    assert receiver.returncode == 0, err
+    assert out.splitlines()[:50] == [str([i, i + 1, i + 2, i + 3, i + 4]) for i in range(50)]
+
+
+def test_fan_out_example(free_pipes: None) -> None:
+    result = run("fan_out.py")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [f"receiver {i}: all 10000 packets, in order" for i in range(3)]
