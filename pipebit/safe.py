@@ -106,6 +106,7 @@ class SafeSender(Endpoint):
         self._blocked = 0
         self._abort = threading.Event()
         self._worker: Worker | None = None
+        self._healthy = False  # open, and the delivery thread has not failed: send()'s one check
         self._slot: Slot | None = None
         self.open_connection()
         self._override = False  # applies to the first connection only
@@ -138,6 +139,7 @@ class SafeSender(Endpoint):
             self._abort.clear()
             self._worker = Worker(f"pipebit-{self._name}-sender", self._deliver)
             self._pipe = pipe
+            self._healthy = True
             self._worker.start()
         except BaseException:
             if self._slot is not None:
@@ -161,6 +163,8 @@ class SafeSender(Endpoint):
         worker, slot = self._worker, self._slot
         assert worker is not None
         assert slot is not None
+        with self._mutex:
+            self._healthy = False  # no more send()s: what is queued now is all there is to flush
         delivered = self._wait_delivered(limit, report=False)
         self._abort.set()
         with self._mutex:
@@ -190,6 +194,7 @@ class SafeSender(Endpoint):
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = self._worker = None
+        self._healthy = False
         self._queue = collections.deque()
         self._queued_bytes = self._in_flight = 0
         self._mutex = threading.Lock()
@@ -221,11 +226,8 @@ class SafeSender(Endpoint):
         if required and len(data) != required:
             raise PacketSizeError(f"pipe {self._name!r} carries packets of {required} elements, got {len(data)}")
         with self._mutex:
-            if self._pipe is None:
-                self._require_pipe()
-            worker = self._worker
-            if worker is not None and worker.error is not None:
-                worker.check()
+            if not self._healthy:  # closed, forked, or the delivery thread failed
+                self._raise_unhealthy()
             try:
                 encoded = self._pack(data)  # the snapshot: later changes to data do not matter
             except Exception as exc:
@@ -248,6 +250,12 @@ class SafeSender(Endpoint):
             if self._worker_idle:
                 self._worker_idle = False
                 self._cond.notify()
+
+    def _raise_unhealthy(self) -> None:
+        self._require_pipe()
+        if self._worker is not None:
+            self._worker.check()
+        raise PipeClosedError(f"sender of pipe {self._name!r} is closing: close_connection() was called")
 
     def _wait_for_room(self, n: int, timeout: float | None) -> None:
         # Called with the mutex held.
@@ -299,6 +307,13 @@ class SafeSender(Endpoint):
 
     def _deliver(self, stopping: threading.Event) -> None:
         """The delivery thread: move queued packets into the ring, a batch per record."""
+        try:
+            self._deliver_batches(stopping)
+        except BaseException:
+            self._healthy = False  # send() finds out at its next call; Worker keeps the error
+            raise
+
+    def _deliver_batches(self, stopping: threading.Event) -> None:
         writer = self._writer
         abort = self._abort.is_set
         batch_bytes = self._batch_bytes
