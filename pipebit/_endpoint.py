@@ -84,9 +84,10 @@ class Endpoint:
     _role: ClassVar[str] = "endpoint"
     _model: ClassVar[int] = L.MODEL_SAFE
 
-    def __init__(self, name: str, debug: Any) -> None:
+    def __init__(self, name: str, debug: Any, create: bool) -> None:
         self._name = validate_name(name)
         self._debug = check_debug(debug)
+        self._create = bool(create)
         self._pipe: Pipe | None = None
         self._closed_reason = "it was closed with close_connection()"
         if self._debug:

@@ -26,14 +26,11 @@ hang.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from typing import Any, Callable
 
-import posix_ipc
-
-from . import _codec
+from . import _codec, _shm
 from . import _layout as L
 from ._pipe import Pipe, Slot
 from .errors import CorruptPacketError, PipeClosedError
@@ -131,8 +128,7 @@ class RingWriter:
                 with pipe.lock:
                     h[L.WRITERS_WAITING] -= 1
                 raise Aborted
-            with contextlib.suppress(posix_ipc.BusyError):
-                pipe.writer_semaphore().acquire(WRITER_NAP)
+            _shm.sleep_on(pipe.writer_semaphore(), WRITER_NAP)
         self._wake_receivers()
 
     def _lowest_cursor(self, head: int) -> tuple[int, int]:
@@ -209,11 +205,7 @@ class RingReader:
         self.cursor = h[slot.base + L.S_CURSOR]
         self.next_seq = h[slot.base + L.S_NEXT_SEQ]
         self.semaphore = pipe.slot_semaphore(slot.index)
-        while True:  # posts meant for a previous holder of this slot
-            try:
-                self.semaphore.acquire(0)
-            except posix_ipc.BusyError:
-                break
+        _shm.drain(self.semaphore)  # posts meant for a previous holder of this slot
 
     def available(self) -> bool:
         """Whether committed records are waiting to be read."""
@@ -296,8 +288,7 @@ class RingReader:
             fence()
             if h[L.HEAD] != self.cursor:
                 return True
-            with contextlib.suppress(posix_ipc.BusyError):
-                self.semaphore.acquire(timeout)
+            _shm.sleep_on(self.semaphore, timeout)
             return h[L.HEAD] != self.cursor
         finally:
             h[flag] = 0

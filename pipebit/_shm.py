@@ -200,6 +200,29 @@ def open_semaphore(name: str, which: str) -> posix_ipc.Semaphore:
         raise PipeBitError(f"cannot open a semaphore of pipe {name!r}: {exc}") from exc
 
 
+def sleep_on(semaphore: posix_ipc.Semaphore, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for a post; ``True`` if one came.
+
+    A signal handled meanwhile ends the wait early (sem_timedwait(3) fails with
+    EINTR, which posix_ipc raises as ``SignalError``); that is an early wake-up,
+    not an error: callers re-check their condition, and Python runs the handler
+    (a ``KeyboardInterrupt``, say) at its next opportunity.
+    """
+    try:
+        semaphore.acquire(timeout)
+    except posix_ipc.BusyError:
+        return False
+    except posix_ipc.SignalError:
+        return False
+    return True
+
+
+def drain(semaphore: posix_ipc.Semaphore) -> None:
+    """Consume every pending post (left for an earlier holder of a slot)."""
+    while sleep_on(semaphore, 0):
+        pass
+
+
 def semaphore_suffixes(slot_count: int) -> list[str]:
     """Every semaphore suffix a pipe may have created."""
     return ["w"] + [f"{i:02d}" for i in range(slot_count)]

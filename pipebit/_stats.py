@@ -35,7 +35,8 @@ class Participant:
     attached_at: float
     """When it attached, in seconds since the epoch."""
     packets: int
-    """Packets sent (senders) or read (receivers) through this slot."""
+    """Senders: packets delivered into the pipe.  Receivers: packets read out of the pipe
+    (a Safe receiver's cache included, so possibly not yet returned by ``receive()``)."""
     lag: int | None
     """Receivers of Safe pipes: packets committed that it has not read yet; else ``None``."""
     waiting: bool

@@ -23,9 +23,7 @@ import threading
 import time
 from typing import Any, Iterator, List, Union
 
-import posix_ipc
-
-from . import _codec
+from . import _codec, _shm
 from . import _layout as L
 from ._endpoint import Endpoint, check_count, check_timeout
 from ._pipe import Pipe, Slot, open_pipe
@@ -81,6 +79,7 @@ class FastSender(Endpoint):
     * ``override`` -- clear the pipe's current value and apply ``size``.
     * ``slot_size`` -- largest encoded packet in bytes (at least 64, rounded up to
       a multiple of 8), when this sender creates the pipe (default 64 KiB).
+    * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
     """
 
     _role = "sender"
@@ -94,8 +93,9 @@ class FastSender(Endpoint):
         size: int | None = None,
         override: bool = False,
         slot_size: int | None = None,
+        create: bool = True,
     ) -> None:
-        super().__init__(name, debug)
+        super().__init__(name, debug, create)
         self._size = None if size is None else check_count(size, "size", minimum=0)
         self._override = bool(override)
         self._capacity = _check_slot_size(slot_size)
@@ -114,6 +114,7 @@ class FastSender(Endpoint):
         pipe = open_pipe(
             self._name,
             self._model,
+            create=self._create,
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
@@ -257,14 +258,17 @@ class FastReceiver(Endpoint):
     """Reads the newest value of a Fast pipe, creating the pipe if it does not exist.
 
     ``FastReceiver(name, debug=0)`` attaches at once.  ``slot_size`` applies when
-    this receiver creates the pipe.
+    this receiver creates the pipe; with ``create=False`` a missing pipe raises
+    :class:`PipeNotFoundError` instead.
     """
 
     _role = "receiver"
     _model = L.MODEL_FAST
 
-    def __init__(self, name: str, debug: Union[int, bool] = 0, *, slot_size: int | None = None) -> None:
-        super().__init__(name, debug)
+    def __init__(
+        self, name: str, debug: Union[int, bool] = 0, *, slot_size: int | None = None, create: bool = True
+    ) -> None:
+        super().__init__(name, debug, create)
         self._capacity = _check_slot_size(slot_size)
         self._slot: Slot | None = None
         self._last = 0
@@ -283,6 +287,7 @@ class FastReceiver(Endpoint):
         pipe = open_pipe(
             self._name,
             self._model,
+            create=self._create,
             capacity=self._capacity,
             packet_len=None,
             override=False,
@@ -414,10 +419,7 @@ class FastReceiver(Endpoint):
             latest = words[L.F_LATEST]
             if latest not in (self._last, 0):
                 return
-            try:
-                self._semaphore.acquire(SLEEP_SLICE if timeout is None else min(timeout, SLEEP_SLICE))
-            except posix_ipc.BusyError:
-                pass
+            _shm.sleep_on(self._semaphore, SLEEP_SLICE if timeout is None else min(timeout, SLEEP_SLICE))
         finally:
             h[flag] = 0
 

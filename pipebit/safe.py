@@ -71,6 +71,8 @@ class SafeSender(Endpoint):
     * ``queue_size`` -- packets ``send()`` may queue before it blocks.
     * ``flush_timeout`` -- seconds ``close_connection()`` (and interpreter exit)
       wait for queued packets to reach the pipe.
+    * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
+      instead of being created.
     """
 
     _role = "sender"
@@ -86,8 +88,9 @@ class SafeSender(Endpoint):
         capacity: int | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         flush_timeout: float | None = DEFAULT_FLUSH_TIMEOUT,
+        create: bool = True,
     ) -> None:
-        super().__init__(name, debug)
+        super().__init__(name, debug, create)
         self._size = None if size is None else check_count(size, "size", minimum=0)
         if not isinstance(override, (bool, int)):
             raise InvalidArgumentError(f"override must be True or False, not {override!r}")
@@ -122,6 +125,7 @@ class SafeSender(Endpoint):
         pipe = open_pipe(
             self._name,
             self._model,
+            create=self._create,
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
@@ -364,6 +368,8 @@ class SafeReceiver(Endpoint):
     * ``capacity`` -- ring bytes, when this receiver creates the pipe.
     * ``max_cached`` -- packets read ahead before the background thread stops
       reading (it may overshoot by one record of at most 8192 packets).
+    * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
+      instead of being created.
     """
 
     _role = "receiver"
@@ -377,8 +383,9 @@ class SafeReceiver(Endpoint):
         start: str = "oldest",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
+        create: bool = True,
     ) -> None:
-        super().__init__(name, debug)
+        super().__init__(name, debug, create)
         if start not in STARTS:
             raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
         self._start = start
@@ -408,6 +415,7 @@ class SafeReceiver(Endpoint):
         pipe = open_pipe(
             self._name,
             self._model,
+            create=self._create,
             capacity=self._capacity,
             packet_len=None,
             override=False,
