@@ -20,6 +20,7 @@ their errors into PipeBit errors.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import mmap
 import os
@@ -33,6 +34,7 @@ import posix_ipc
 from .errors import (
     ArgumentTypeError,
     InvalidNameError,
+    NoSpaceError,
     PipeBitError,
     PipeNotFoundError,
     PipePermissionError,
@@ -149,12 +151,47 @@ def create_segment(name: str, size: int) -> Segment | None:
     except (posix_ipc.Error, OSError, ValueError) as exc:
         raise PipeBitError(f"cannot create shared memory for pipe {name!r}: {exc}") from exc
     try:
+        _reserve(shm.fd, size, name)
         return Segment(os_name, shm.fd)
-    except OSError as exc:
-        _unlink_quietly(os_name)
-        raise PipeBitError(f"cannot map shared memory for pipe {name!r}: {exc}") from exc
+    except BaseException as exc:
+        _unlink_quietly(os_name)  # a segment we could not finish is nobody's
+        if isinstance(exc, OSError) and not isinstance(exc, PipeBitError):
+            raise PipeBitError(f"cannot map shared memory for pipe {name!r}: {exc}") from exc
+        raise
     finally:
         shm.close_fd()
+
+
+def _reserve(fd: int, size: int, name: str) -> None:
+    """Back every page of a new segment now, or raise :class:`NoSpaceError`.
+
+    ftruncate(2) only sets a size; a page of tmpfs is allocated when first
+    touched, and if /dev/shm is full then, the process dies of SIGBUS (no
+    exception can be raised from a memory access).  posix_fallocate(3) makes the
+    shortage an error here instead.
+    """
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # pragma: no cover - not on macOS; nothing better exists there
+        return
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot: carry on
+            return
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(
+                f"not enough shared memory for pipe {name!r}: it needs {size} bytes and "
+                f"{_free_shm()} are free (remove stale pipes with `pipebit clean`, or ask for a smaller capacity)"
+            ) from None
+        raise
+
+
+def _free_shm() -> str:
+    try:
+        info = os.statvfs("/dev/shm")
+    except OSError:
+        return "fewer"
+    return str(info.f_bavail * info.f_frsize)
 
 
 def attach_segment(name: str) -> Segment:

@@ -11,6 +11,7 @@ Every error also subclasses the builtin a caller would try first, so
      ├── InvalidArgumentError      (ValueError)     any other bad argument (debug, timeout, capacity...)
      ├── PipeNotFoundError         (FileNotFoundError) no pipe of that name exists
      ├── PipePermissionError       (PermissionError)  the pipe or its lock directory is not yours
+     ├── NoSpaceError              (OSError)        /dev/shm has no room for a new pipe
      ├── PipeTimeoutError          (TimeoutError)   a blocking call ran out of time
      ├── PipeClosedError                            you closed this endpoint (or forked after opening it)
      ├── PipeBusyError                              the change needs the pipe to be idle, and it is not
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidNameError",
     "ModelMismatchError",
+    "NoSpaceError",
     "PacketSizeError",
     "PacketTypeError",
     "PipeBitError",
@@ -76,6 +78,10 @@ class PipeNotFoundError(PipeBitError, FileNotFoundError):
 
 class PipePermissionError(PipeBitError, PermissionError):
     """The segment or lock directory belongs to another user or has unsafe permissions."""
+
+
+class NoSpaceError(PipeBitError, OSError):
+    """There is not enough shared memory (``/dev/shm``) to create the pipe."""
 
 
 class PipeTimeoutError(PipeBitError, TimeoutError):
