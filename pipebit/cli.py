@@ -263,15 +263,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
     stats, last = pipe_stats(args.name), args.n or 0
     with _stop_signals_held() as stopped:  # before attaching: the receiver's thread inherits the mask
         if stats.model == "fast":
-            receiver = _attach(FastReceiver, args.name, stats)
+            receiver = _attach(FastReceiver, args.name, stats, start="current" if last else "new")
         else:
             receiver = _attach(SafeReceiver, args.name, stats, start="oldest" if last else "new")
         try:
-            if isinstance(receiver, FastReceiver):
-                current = receiver.receive(timeout=0)  # the value published before we attached...
-                if last or pipe_stats(args.name).packets_written != stats.packets_written:  # ...or a newer one
-                    _emit(current, args.json)
-            elif last:  # packets committed before the snapshot are "retained"; later ones are new
+            if last and isinstance(receiver, SafeReceiver):
+                # Packets committed before the snapshot are "retained"; later ones are new.
                 owed = max(stats.packets_written - _first_seq(receiver), 0)
                 kept: collections.deque[Any] = collections.deque(maxlen=last)
                 while owed > 0 and not stopped(0):

@@ -28,7 +28,7 @@ from . import _layout as L
 from ._endpoint import Endpoint, check_count, check_timeout
 from ._pipe import Pipe, Slot, open_pipe
 from ._ring import fence, fence_pair
-from .errors import CorruptPacketError, PacketSizeError, PipeBusyError, PipeClosedError
+from .errors import CorruptPacketError, InvalidArgumentError, PacketSizeError, PipeBusyError, PipeClosedError
 
 Packet = List[Any]
 
@@ -257,18 +257,31 @@ class FastSender(Endpoint):
 class FastReceiver(Endpoint):
     """Reads the newest value of a Fast pipe, creating the pipe if it does not exist.
 
-    ``FastReceiver(name, debug=0)`` attaches at once.  ``slot_size`` applies when
-    this receiver creates the pipe; with ``create=False`` a missing pipe raises
-    :class:`PipeNotFoundError` instead.
+    ``FastReceiver(name, debug=0)`` attaches at once.  Keyword-only options:
+
+    * ``start`` -- ``"current"`` (default): the first ``receive()`` returns the
+      value published before this receiver attached, if any; ``"new"``: only
+      values published after it attached.
+    * ``slot_size`` -- largest encoded packet, when this receiver creates the pipe.
+    * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
     """
 
     _role = "receiver"
     _model = L.MODEL_FAST
 
     def __init__(
-        self, name: str, debug: Union[int, bool] = 0, *, slot_size: int | None = None, create: bool = True
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        start: str = "current",
+        slot_size: int | None = None,
+        create: bool = True,
     ) -> None:
         super().__init__(name, debug, create)
+        if start not in ("current", "new"):
+            raise InvalidArgumentError(f"start must be 'current' or 'new', not {start!r}")
+        self._start = start
         self._capacity = _check_slot_size(slot_size)
         self._slot: Slot | None = None
         self._last = 0
@@ -300,6 +313,8 @@ class FastReceiver(Endpoint):
             self._slot_size = L.fast_slot_size(pipe.capacity)
             self._semaphore = pipe.slot_semaphore(self._slot.index)
             self._count_index = self._slot.base + L.S_COUNT
+            if self._start == "new":
+                self._last = self._data[L.F_LATEST]
             self._pipe = pipe
         except BaseException:
             if self._slot is not None:

@@ -897,3 +897,15 @@ def test_hostile_bytes_in_the_published_buffer(
     assert child.wait(30) == 0, child.describe()
     if first_kind == "corrupt":  # like every PipeBit error, it names the pipe
         assert name in first_detail, f"the CorruptPacketError does not name the pipe: {first_detail}"
+
+
+def test_start_new_skips_the_value_published_before_attaching(name: str) -> None:
+    with pipebit.FastSender(name, 0) as sender:
+        sender.send(["before"])
+        with pipebit.FastReceiver(name, 0, start="new") as fresh, pipebit.FastReceiver(name, 0) as current:
+            assert fresh.receive(timeout=0) == []
+            assert current.receive(timeout=0) == [["before"]]
+            sender.send(["after"])
+            assert fresh.receive(timeout=5) == [["after"]]
+    with pytest.raises(pipebit.InvalidArgumentError, match="start"):
+        pipebit.FastReceiver(name, 0, start="oldest")
