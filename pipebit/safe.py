@@ -47,10 +47,11 @@ from .errors import (
 
 Packet = List[Any]
 
-DEFAULT_QUEUE_SIZE = 65536
+DEFAULT_QUEUE_SIZE = 8192
 DEFAULT_FLUSH_TIMEOUT = 5.0
 DEFAULT_RECEIVE_TIMEOUT = 0.1
 DEFAULT_MAX_CACHED = 65536
+QUEUE_BYTES = 1 << 20  # with queue_size, bounds what send() holds in memory
 STARTS = ("oldest", "new")
 # The longest the caching thread sleeps before looking by itself.  Senders wake
 # it at once; this only bounds the cost of a wake-up lost to a crash.
@@ -139,7 +140,7 @@ class SafeSender(Endpoint):
             self._slot_count = self._slot.base + L.S_COUNT
             self._max_packet = max_packet_bytes(pipe.capacity)
             self._batch_bytes = max(self._max_packet // 4, 1)
-            self._queue_bytes = pipe.capacity
+            self._queue_bytes = min(pipe.capacity, QUEUE_BYTES)  # one bigger packet still fits when empty
             self._abort.clear()
             self._worker = Worker(f"pipebit-{self._name}-sender", self._deliver)
             self._pipe = pipe
