@@ -81,8 +81,11 @@ class RingWriter:
         self.capacity = pipe.capacity
         self._probe_due: dict[int, float] = {}
 
-    def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool]) -> None:
-        """Write ``payload`` (a MessagePack array of ``count`` packets) as one record.
+    def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool], *, rest: bytes = b"") -> None:
+        """Write ``payload + rest`` (a MessagePack array of ``count`` packets) as one record.
+
+        ``rest`` lets a caller pass a large packet after its array header without
+        first joining them into one more copy of it.
 
         Blocks while attached receivers have not read the bytes it would overwrite;
         raises :class:`Aborted` when ``should_abort()`` turns true while blocked.
@@ -90,7 +93,8 @@ class RingWriter:
         pipe = self.pipe
         h = pipe.header
         cap = self.capacity
-        length = L.align(L.RECORD_HEADER + len(payload))
+        size = len(payload) + len(rest)
+        length = L.align(L.RECORD_HEADER + size)
         waiting = False
         while True:
             pipe.lock.acquire()
@@ -113,8 +117,11 @@ class RingWriter:
                         h[L.HEAD] = head + need
                         continue  # the lock is released and retaken; fine, it is rare
                     data = pipe.data
-                    L.RECORD.pack_into(data, offset, len(payload), count, h[L.PACKETS])
-                    data[offset + L.RECORD_HEADER : offset + L.RECORD_HEADER + len(payload)] = payload
+                    L.RECORD.pack_into(data, offset, size, count, h[L.PACKETS])
+                    start = offset + L.RECORD_HEADER
+                    data[start : start + len(payload)] = payload
+                    if rest:
+                        data[start + len(payload) : start + size] = rest
                     h[L.PACKETS] += count
                     h[L.LAST_WRITE_NS] = time.time_ns()
                     h[L.HEAD] = head + length  # publish: everything above is now visible

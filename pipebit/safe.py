@@ -348,7 +348,10 @@ class SafeSender(Endpoint):
                 if self._blocked:
                     self._cond.notify_all()
             try:
-                writer.commit(_codec.join_batch(batch), count, abort)
+                if count == 1:  # often a big packet: spare it the copy a join would make
+                    writer.commit(_codec.array_header(1), 1, abort, rest=batch[0])
+                else:
+                    writer.commit(_codec.join_batch(batch), count, abort)
             except Aborted:
                 return
             with self._mutex:
