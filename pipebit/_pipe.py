@@ -260,6 +260,12 @@ def open_pipe(
         except BaseException:
             segment.close()
             raise
+        if model == L.MODEL_SAFE:
+            try:  # now, not mid-stream: a full /dev/shm must fail the attach, not a background thread
+                pipe.writer_semaphore()
+            except BaseException:
+                pipe.close()
+                raise
         if not created:
             say(f"attached ({L.MODEL_NAMES[info.model]}, {info.capacity} bytes)")
             if override:

@@ -76,10 +76,12 @@ class Aborted(Exception):
 class RingWriter:
     """Commits records to a Safe pipe.  One per sender; used by one thread at a time."""
 
-    def __init__(self, pipe: Pipe) -> None:
+    def __init__(self, pipe: Pipe, slot: Slot | None = None) -> None:
         self.pipe = pipe
         self.capacity = pipe.capacity
         self._probe_due: dict[int, float] = {}
+        # Our slot's "waiting" flag says, for tools and other writers, that we sleep for room.
+        self._flag = slot.base + L.S_WAITING if slot is not None else None
 
     def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool], *, rest: bytes = b"") -> None:
         """Write ``payload + rest`` (a MessagePack array of ``count`` packets) as one record.
@@ -95,13 +97,12 @@ class RingWriter:
         cap = self.capacity
         size = len(payload) + len(rest)
         length = L.align(L.RECORD_HEADER + size)
-        waiting = False
+        flag = self._flag
         while True:
             pipe.lock.acquire()
             try:
-                if waiting:
-                    h[L.WRITERS_WAITING] -= 1
-                    waiting = False
+                if flag is not None:
+                    h[flag] = 0
                 if pipe.removed:
                     raise PipeClosedError(f"pipe {pipe.name!r} was removed while this sender was attached")
                 head = h[L.HEAD]
@@ -125,18 +126,38 @@ class RingWriter:
                     h[L.PACKETS] += count
                     h[L.LAST_WRITE_NS] = time.time_ns()
                     h[L.HEAD] = head + length  # publish: everything above is now visible
+                    if h[L.WRITERS_WAITING]:
+                        h[L.WRITERS_WAITING] = self._others_waiting()
                     break
-                h[L.WRITERS_WAITING] += 1
-                waiting = True
+                if flag is not None:
+                    h[flag] = 1
+                h[L.WRITERS_WAITING] = 1  # receivers: post the writers' semaphore when you advance
                 self._maybe_reclaim(holder)
             finally:
                 pipe.lock.release()
             if should_abort():
-                with pipe.lock:
-                    h[L.WRITERS_WAITING] -= 1
+                if flag is not None:
+                    h[flag] = 0
                 raise Aborted
             _shm.sleep_on(pipe.writer_semaphore(), WRITER_NAP)
         self._wake_receivers()
+
+    def _others_waiting(self) -> int:
+        """1 if another live writer sleeps for room, else 0; frees dead sleepers' slots.
+
+        Under the writers' lock.  ``writers_waiting`` is only a hint (a killed
+        writer cannot clear it); this is where it is put right.
+        """
+        h = self.pipe.header
+        for index in range(h[L.SLOT_HIGH]):
+            base = L.slot_base(index)
+            if base + L.S_WAITING == self._flag or h[base + L.S_ROLE] != L.ROLE_SENDER:
+                continue
+            if h[base + L.S_WAITING]:
+                if self.pipe.slot_alive(index):
+                    return 1
+                self.pipe.free_dead_slot(index)
+        return 0
 
     def _lowest_cursor(self, head: int) -> tuple[int, int]:
         """(lowest position an attached receiver still needs, or ``head``; its slot or -1)."""
@@ -196,9 +217,13 @@ def start_position(h: memoryview, data: memoryview, capacity: int, start: str) -
     if start == "new" or tail >= head:
         return head, h[L.PACKETS]
     offset = tail % capacity
-    if capacity - offset >= L.RECORD_HEADER:
-        return tail, L.RECORD.unpack_from(data, offset)[2]
-    return tail, h[L.PACKETS]
+    room = capacity - offset
+    if room < L.RECORD_HEADER or L.WRAP.unpack_from(data, offset)[0] == L.WRAP_MARK:
+        tail += room  # a wrap mark carries no sequence number: start at the next lap's record
+        if tail >= head:
+            return head, h[L.PACKETS]
+        offset = 0
+    return tail, L.RECORD.unpack_from(data, offset)[2]
 
 
 class RingReader:
@@ -240,19 +265,26 @@ class RingReader:
         out: list[Any] = []
         next_seq = self.next_seq
         try:
+            if not cursor < head <= cursor + cap:  # writers never pass a live receiver's cursor
+                raise CorruptPacketError(
+                    f"pipe {pipe.name!r}: head {head} is impossible for a receiver at {cursor}; "
+                    "something other than PipeBit wrote to the segment"
+                )
             while cursor < head and len(out) < limit:
                 offset = cursor % cap
                 room = cap - offset
                 length = L.RECORD.unpack_from(data, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
                 if length == L.WRAP_MARK:
+                    if offset == 0:  # every record fits at the start of a lap: no writer marks one
+                        raise CorruptPacketError(f"pipe {pipe.name!r}: wrap mark at the start of a lap")
                     cursor += room
                     continue
                 _, count, first_seq = L.RECORD.unpack_from(data, offset)
                 end = cursor + L.align(L.RECORD_HEADER + length)
-                if length > room - L.RECORD_HEADER or end > head:
+                if length > room - L.RECORD_HEADER or end > head or count == 0 or first_seq < next_seq:
                     raise CorruptPacketError(
-                        f"pipe {pipe.name!r}: record at position {cursor} claims {length} bytes, "
-                        "past the data written; something other than PipeBit wrote to the segment"
+                        f"pipe {pipe.name!r}: record at position {cursor} (length {length}, {count} packets, "
+                        f"first {first_seq}, expected at least {next_seq}) is not one PipeBit wrote"
                     )
                 start = offset + L.RECORD_HEADER
                 # Released on the way out even if decoding fails: an exception holding

@@ -114,6 +114,10 @@ def open_lock_file(path: Path, *, create: bool = True) -> int:
         return os.open(path, flags, _PRIVATE)
     except PermissionError as exc:
         raise PipePermissionError(f"cannot open lock file {path}: {exc}") from exc
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _os_error(f"cannot open lock file {path}", exc) from exc
 
 
 class Segment:
@@ -208,6 +212,8 @@ def attach_segment(name: str) -> Segment:
     try:
         _check_owner(shm.fd, os_name)
         return Segment(os_name, shm.fd)
+    except PipeBitError:
+        raise
     except OSError as exc:
         raise PipeBitError(f"cannot map shared memory of pipe {name!r}: {exc}") from exc
     finally:
@@ -233,8 +239,15 @@ def open_semaphore(name: str, which: str) -> posix_ipc.Semaphore:
         return posix_ipc.Semaphore(semaphore_name(name, which), posix_ipc.O_CREAT, mode=_PRIVATE, initial_value=0)
     except posix_ipc.PermissionsError as exc:
         raise PipePermissionError(f"semaphore of pipe {name!r} is not yours: {exc}") from exc
-    except posix_ipc.Error as exc:
-        raise PipeBitError(f"cannot open a semaphore of pipe {name!r}: {exc}") from exc
+    except (posix_ipc.Error, OSError) as exc:
+        raise _os_error(f"cannot open a semaphore of pipe {name!r}", exc) from exc
+
+
+def _os_error(what: str, exc: BaseException) -> PipeBitError:
+    """The PipeBit error for an OS failure: :class:`NoSpaceError` when /dev/shm is full."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return NoSpaceError(f"{what}: /dev/shm is full ({_free_shm()} bytes free); `pipebit clean` may help")
+    return PipeBitError(f"{what}: {exc}")
 
 
 def sleep_on(semaphore: posix_ipc.Semaphore, timeout: float) -> bool:

@@ -40,7 +40,7 @@ class Participant:
     lag: int | None
     """Receivers of Safe pipes: packets committed that it has not read yet; else ``None``."""
     waiting: bool
-    """Receivers: asleep waiting for data."""
+    """Receivers: asleep waiting for data.  Safe senders: asleep waiting for room in the ring."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def read_stats(pipe: Pipe) -> PipeStats:
                     attached_at=h[base + L.S_ATTACHED_NS] / 1e9,
                     packets=h[base + L.S_COUNT],
                     lag=lag,
-                    waiting=role == "receiver" and bool(h[base + L.S_WAITING]),
+                    waiting=bool(h[base + L.S_WAITING]),
                 )
             )
     if safe:
@@ -169,7 +169,7 @@ def read_stats(pipe: Pipe) -> PipeStats:
         last_write_at=last / 1e9 if last else None,
         used_bytes=min(used, pipe.capacity),
         unread_bytes=unread,
-        writers_waiting=h[L.WRITERS_WAITING],
+        writers_waiting=sum(1 for p in participants if p.alive and p.role == "sender" and p.waiting),
         participants=tuple(participants),
     )
 

@@ -134,7 +134,7 @@ class SafeSender(Endpoint):
         )
         try:
             self._slot = pipe.claim_slot(L.ROLE_SENDER)
-            self._writer = RingWriter(pipe)
+            self._writer = RingWriter(pipe, self._slot)
             self._header = pipe.header
             self._required = pipe.header[L.PACKET_LEN]
             self._slot_count = self._slot.base + L.S_COUNT
