@@ -22,7 +22,7 @@ import weakref
 from typing import Any, ClassVar
 
 from . import _layout as L
-from ._pipe import Pipe
+from ._pipe import Pipe, Slot, open_pipe
 from ._shm import validate_name
 from ._stats import EndpointStats, endpoint_stats
 from .errors import ArgumentTypeError, InvalidArgumentError, PipeClosedError
@@ -89,6 +89,7 @@ class Endpoint:
         self._debug = check_debug(debug)
         self._create = bool(create)
         self._pipe: Pipe | None = None
+        self._slot: Slot | None = None
         self._closed_reason = "it was closed with close_connection()"
         if self._debug:
             _enable_debug_output()
@@ -115,6 +116,36 @@ class Endpoint:
                 "call open_connection() to reconnect"
             )
         return pipe
+
+    def _connect(self, **options: Any) -> Pipe:
+        """Open (or create) this endpoint's pipe, per its model, name and ``create``."""
+        return open_pipe(
+            self._name, self._model, create=self._create, on_event=self._log if self._debug else None, **options
+        )
+
+    def _abandon(self, pipe: Pipe) -> None:
+        """Undo a connection that failed half-way: give back the slot, unmap."""
+        if self._slot is not None:
+            pipe.release_slot(self._slot)
+            self._slot = None
+        pipe.close()
+        self._pipe = None
+
+    def _disconnected(self, pipe: Pipe, slot: Slot) -> None:
+        """The common end of close_connection(): forget the endpoint, free its slot, unmap."""
+        self._unregister()
+        pipe.release_slot(slot)
+        self._slot = None
+        pipe.close()
+        self._closed_reason = "it was closed with close_connection()"
+        self._log("disconnected")
+
+    def _drop_inherited(self, pipe: Pipe | None, slot: Slot | None) -> None:
+        """In a forked child: close our copies only; the parent still owns slot and lock."""
+        if slot is not None:
+            slot.lock.close()
+        if pipe is not None:
+            pipe.close()
 
     def _register(self) -> None:
         with _registry_lock:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, List, Union
 from . import _codec, _shm
 from . import _layout as L
 from ._endpoint import Endpoint, check_count, check_timeout
-from ._pipe import Pipe, Slot, open_pipe
+from ._pipe import Pipe, Slot
 from ._ring import fence, fence_pair
 from .errors import CorruptPacketError, InvalidArgumentError, PacketSizeError, PipeBusyError, PipeClosedError
 
@@ -99,7 +99,6 @@ class FastSender(Endpoint):
         self._size = None if size is None else check_count(size, "size", minimum=0)
         self._override = bool(override)
         self._capacity = _check_slot_size(slot_size)
-        self._slot: Slot | None = None
         self._send_lock = threading.Lock()
         self._pack = _codec.new_packer()  # used under self._send_lock only
         self._fence_acquire, self._fence_release = fence_pair()
@@ -111,14 +110,10 @@ class FastSender(Endpoint):
         """Connect to the pipe (creating it if needed) and take a lane.  No-op when connected."""
         if self._pipe is not None:
             return
-        pipe = open_pipe(
-            self._name,
-            self._model,
-            create=self._create,
+        pipe = self._connect(
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
-            on_event=self._log if self._debug else None,
             default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
         )
         try:
@@ -143,10 +138,7 @@ class FastSender(Endpoint):
             self._stamp = (max(data[offset // 8 + L.B_SEQ] for offset in self._buffers) + 1) & ~1
             self._pipe = pipe
         except BaseException:
-            if self._slot is not None:
-                pipe.release_slot(self._slot)
-                self._slot = None
-            pipe.close()
+            self._abandon(pipe)
             raise
         self._register()
         self._log(f"connected (slot {self._slot.index}, lane {self._lane})")
@@ -175,26 +167,18 @@ class FastSender(Endpoint):
             return
         with self._send_lock:
             self._pipe = None
-        self._unregister()
         entry = (L.LANE_TABLE + self._lane * L.LANE_ENTRY) // 8
         pipe.header[self._slot_count] = self._sent
         with pipe.lock:
             if self._data[entry + 1] == slot.token:
                 self._data[entry] = 0
-        pipe.release_slot(slot)
-        self._slot = None
-        pipe.close()
-        self._closed_reason = "it was closed with close_connection()"
-        self._log("disconnected")
+        self._disconnected(pipe, slot)
 
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = None
         self._send_lock = threading.Lock()
-        if slot is not None:
-            slot.lock.close()
-        if pipe is not None:
-            pipe.close()
+        self._drop_inherited(pipe, slot)
 
     def _counters(self) -> tuple[int, int, int]:
         assert self._slot is not None
@@ -283,7 +267,6 @@ class FastReceiver(Endpoint):
             raise InvalidArgumentError(f"start must be 'current' or 'new', not {start!r}")
         self._start = start
         self._capacity = _check_slot_size(slot_size)
-        self._slot: Slot | None = None
         self._last = 0
         self._returned = 0
         self._read_lock = threading.Lock()
@@ -297,14 +280,10 @@ class FastReceiver(Endpoint):
         """Attach to the pipe (creating it if needed).  No-op when connected."""
         if self._pipe is not None:
             return
-        pipe = open_pipe(
-            self._name,
-            self._model,
-            create=self._create,
+        pipe = self._connect(
             capacity=self._capacity,
             packet_len=None,
             override=False,
-            on_event=self._log if self._debug else None,
             default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
         )
         try:
@@ -317,10 +296,7 @@ class FastReceiver(Endpoint):
                 self._last = self._data[L.F_LATEST]
             self._pipe = pipe
         except BaseException:
-            if self._slot is not None:
-                pipe.release_slot(self._slot)
-                self._slot = None
-            pipe.close()
+            self._abandon(pipe)
             raise
         self._register()
         self._log(f"connected (slot {self._slot.index})")
@@ -336,12 +312,7 @@ class FastReceiver(Endpoint):
             while self._active and time.monotonic() < deadline:
                 self._semaphore.release()  # wake it; it sees the endpoint closed and leaves
                 self._users.wait(0.05)
-        self._unregister()
-        pipe.release_slot(slot)
-        self._slot = None
-        pipe.close()
-        self._closed_reason = "it was closed with close_connection()"
-        self._log("disconnected")
+        self._disconnected(pipe, slot)
 
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
@@ -349,10 +320,7 @@ class FastReceiver(Endpoint):
         self._read_lock = threading.Lock()
         self._users = threading.Condition()
         self._active = 0
-        if slot is not None:
-            slot.lock.close()
-        if pipe is not None:
-            pipe.close()
+        self._drop_inherited(pipe, slot)
 
     def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
         """``[newest packet]`` if a newer value was published since this receiver's last

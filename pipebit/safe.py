@@ -33,7 +33,6 @@ from typing import Any, Iterator, List, Union
 from . import _codec
 from . import _layout as L
 from ._endpoint import Endpoint, check_capacity, check_count, check_timeout
-from ._pipe import Slot, open_pipe
 from ._ring import MAX_RECORD_PACKETS, Aborted, RingReader, RingWriter, max_packet_bytes, start_position
 from ._worker import Worker
 from .errors import (
@@ -111,7 +110,6 @@ class SafeSender(Endpoint):
         self._abort = threading.Event()
         self._worker: Worker | None = None
         self._healthy = False  # open, and the delivery thread has not failed: send()'s one check
-        self._slot: Slot | None = None
         self.open_connection()
         self._override = False  # applies to the first connection only
 
@@ -123,14 +121,10 @@ class SafeSender(Endpoint):
         """
         if self._pipe is not None:
             return
-        pipe = open_pipe(
-            self._name,
-            self._model,
-            create=self._create,
+        pipe = self._connect(
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
-            on_event=self._log if self._debug else None,
         )
         try:
             self._slot = pipe.claim_slot(L.ROLE_SENDER)
@@ -147,11 +141,7 @@ class SafeSender(Endpoint):
             self._healthy = True
             self._worker.start()
         except BaseException:
-            if self._slot is not None:
-                pipe.release_slot(self._slot)
-                self._slot = None
-            pipe.close()
-            self._pipe = None
+            self._abandon(pipe)
             raise
         self._register()
         self._log(f"connected (slot {self._slot.index})")
@@ -182,12 +172,7 @@ class SafeSender(Endpoint):
             self._queued_bytes = self._in_flight = 0
             self._cond.notify_all()
         self._pipe = None
-        self._unregister()
-        pipe.release_slot(slot)
-        self._slot = None
-        pipe.close()
-        self._closed_reason = "it was closed with close_connection()"
-        self._log("disconnected")
+        self._disconnected(pipe, slot)
         if lost or not delivered:
             warnings.warn(
                 f"pipe {self._name!r}: {lost} packet(s) were not delivered before the sender closed "
@@ -204,10 +189,7 @@ class SafeSender(Endpoint):
         self._queued_bytes = self._in_flight = 0
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        if slot is not None:
-            slot.lock.close()  # our copy only: the parent's lock stays held
-        if pipe is not None:
-            pipe.close()
+        self._drop_inherited(pipe, slot)
 
     def _counters(self) -> tuple[int, int, int]:
         assert self._slot is not None
@@ -402,7 +384,6 @@ class SafeReceiver(Endpoint):
         self._waiters = 0
         self._problem: Exception | None = None
         self._worker: Worker | None = None
-        self._slot: Slot | None = None
         self._resume: tuple[int, int, int] | None = None  # (created_ns, cursor, next_seq)
         self._returned = 0
         self.open_connection()
@@ -416,14 +397,10 @@ class SafeReceiver(Endpoint):
         """
         if self._pipe is not None:
             return
-        pipe = open_pipe(
-            self._name,
-            self._model,
-            create=self._create,
+        pipe = self._connect(
             capacity=self._capacity,
             packet_len=None,
             override=False,
-            on_event=self._log if self._debug else None,
         )
         resume = self._resume if self._resume and self._resume[0] == pipe.created_ns else None
 
@@ -442,11 +419,7 @@ class SafeReceiver(Endpoint):
             self._pipe = pipe
             self._worker.start()
         except BaseException:
-            if self._slot is not None:
-                pipe.release_slot(self._slot)
-                self._slot = None
-            pipe.close()
-            self._pipe = None
+            self._abandon(pipe)
             raise
         self._register()
         self._log(f"connected (slot {self._slot.index}, start={self._start})")
@@ -471,14 +444,9 @@ class SafeReceiver(Endpoint):
             self._pipe = None
             self._cache = []
             self._cond.notify_all()
-        self._unregister()
-        pipe.release_slot(slot)
-        self._slot = None
-        if pipe.header[L.WRITERS_WAITING]:
+        if pipe.header[L.WRITERS_WAITING]:  # our cursor no longer holds them back
             pipe.writer_semaphore().release()
-        pipe.close()
-        self._closed_reason = "it was closed with close_connection()"
-        self._log("disconnected")
+        self._disconnected(pipe, slot)
 
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
@@ -486,10 +454,7 @@ class SafeReceiver(Endpoint):
         self._cache = []
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
-        if slot is not None:
-            slot.lock.close()
-        if pipe is not None:
-            pipe.close()
+        self._drop_inherited(pipe, slot)
 
     # ------------------------------------------------------------- receiving
     def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
