@@ -8,10 +8,7 @@ packets a stalled receiver has not read yet.
 
 from __future__ import annotations
 
-import queue
 import struct
-import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,84 +19,10 @@ import pipebit
 from pipebit import _layout as L
 from pipebit import _shm
 
+from .children import Child
 from .conftest import Reaper
 
 MB = 1 << 20
-
-
-class Child:
-    """A child interpreter whose stdout lines are read in the background (no blocking reads)."""
-
-    def __init__(self, reaper: Reaper, code: str, *args: str, stdin: bool = False) -> None:
-        extra: dict[str, Any] = {"stdin": subprocess.PIPE} if stdin else {}
-        self.proc = reaper.spawn(code, *args, **extra)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str], lines: bool) -> None:
-        try:
-            for line in stream:
-                sink.append(line)
-                if lines:
-                    self.lines.put(line.rstrip("\n"))
-        except (ValueError, OSError):  # the reaper closed the stream at teardown
-            pass
-        if lines:
-            self.lines.put(None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def describe(self) -> str:
-        return (
-            f"child {self.proc.pid} returncode={self.proc.poll()}\n"
-            f"--- stdout ---\n{''.join(self.out)[-3000:]}\n--- stderr ---\n{''.join(self.err)[-3000:]}"
-        )
-
-    def next_line(self, timeout: float) -> str | None:
-        """The next stdout line; ``None`` if nothing came within ``timeout`` (fails at EOF)."""
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if line is None:
-            self.wait(10)
-            pytest.fail(f"child ended unexpectedly\n{self.describe()}")
-        return line
-
-    def expect(self, prefix: str, timeout: float) -> list[str]:
-        """Wait for a stdout line starting with ``prefix``; return its remaining words."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.next_line(max(deadline - time.monotonic(), 0.0))
-            if line is None:
-                pytest.fail(f"no {prefix!r} line within {timeout}s\n{self.describe()}")
-            if line.startswith(prefix):
-                return line.split()[1:]
-
-    def tell(self, text: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, timeout: float) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"child did not end within {timeout}s\n{self.describe()}")
-        for pump in self._pumps:
-            pump.join(10)
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        return code
 
 
 def vm(pid: int, field: str) -> int:
@@ -179,7 +102,7 @@ def test_stalled_receiver_bounds_memory_of_both_sides(name: str, reaper: Reaper)
     deadline = time.monotonic() + 60
     while True:
         assert time.monotonic() < deadline, "the sender never settled into a blocked state"
-        line = sender.next_line(2.0)
+        line = sender.next_line(2.0, required=False)
         if line is None:
             committed = packets_committed(name)
             time.sleep(1.0)

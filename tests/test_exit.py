@@ -7,10 +7,7 @@ system-wide CLOCK_MONOTONIC on Linux, so they compare with the test's own.
 
 from __future__ import annotations
 
-import queue
 import re
-import subprocess
-import threading
 import time
 from typing import Any
 
@@ -18,75 +15,8 @@ import pytest
 
 import pipebit
 
+from .children import Child
 from .conftest import Reaper
-
-
-class Child:
-    """A child interpreter whose stdout lines are read in the background (no blocking reads)."""
-
-    def __init__(self, reaper: Reaper, code: str, *args: str) -> None:
-        self.proc = reaper.spawn(code, *args)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.ended_at: float | None = None
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str], lines: bool) -> None:
-        try:
-            for line in stream:
-                sink.append(line)
-                if lines:
-                    self.lines.put(line.rstrip("\n"))
-        except (ValueError, OSError):  # the reaper closed the stream at teardown
-            pass
-        if lines:
-            self.lines.put(None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.err)
-
-    def describe(self) -> str:
-        return (
-            f"child {self.proc.pid} returncode={self.proc.poll()}\n"
-            f"--- stdout ---\n{''.join(self.out)[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
-        )
-
-    def expect(self, prefix: str, timeout: float) -> list[str]:
-        """Wait for a stdout line starting with ``prefix``; return its remaining words."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                pytest.fail(f"no {prefix!r} line within {timeout}s\n{self.describe()}")
-            if line is None:
-                self.wait(10)
-                pytest.fail(f"child ended before printing {prefix!r}\n{self.describe()}")
-            if line.startswith(prefix):
-                return line.split()[1:]
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the child to end, noting when (``ended_at``), then for its output."""
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"child did not end within {timeout}s\n{self.describe()}")
-        if self.ended_at is None:
-            self.ended_at = time.monotonic()
-        for pump in self._pumps:
-            pump.join(10)
-        return code
 
 
 def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float) -> list[Any]:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
 import signal
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,86 +23,10 @@ import pipebit
 from pipebit import _layout as L
 from pipebit import _shm
 
+from .children import Child
 from .conftest import Reaper
 
-
 # --------------------------------------------------------------------------- helpers
-class Child:
-    """A child interpreter whose stdout lines are read in the background (no blocking reads)."""
-
-    def __init__(self, reaper: Reaper, code: str, *args: str) -> None:
-        self.proc = reaper.spawn(code, *args)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str], lines: bool) -> None:
-        try:
-            for line in stream:
-                sink.append(line)
-                if lines:
-                    self.lines.put(line.rstrip("\n"))
-        except (ValueError, OSError):  # the reaper closed the stream at teardown
-            pass
-        if lines:
-            self.lines.put(None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def describe(self) -> str:
-        return (
-            f"child {self.proc.pid} returncode={self.proc.poll()}\n"
-            f"--- stdout ---\n{''.join(self.out)[-3000:]}\n--- stderr ---\n{''.join(self.err)[-3000:]}"
-        )
-
-    def next_line(self, timeout: float) -> str:
-        """The next stdout line, failing the test if none comes within ``timeout``."""
-        try:
-            line = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"no line from the child within {timeout}s\n{self.describe()}")
-        if line is None:
-            self.wait(10)
-            pytest.fail(f"child ended without printing another line\n{self.describe()}")
-        return line
-
-    def expect(self, prefix: str, timeout: float) -> list[str]:
-        """Wait for a stdout line starting with ``prefix``; return its remaining words."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.next_line(max(deadline - time.monotonic(), 0.0))
-            if line.startswith(prefix):
-                return line.split()[1:]
-
-    def expect_json(self, prefix: str, timeout: float) -> Any:
-        """Wait for a line ``prefix <json>`` and return the decoded JSON."""
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.next_line(max(deadline - time.monotonic(), 0.0))
-            if line.startswith(prefix + " "):
-                return json.loads(line[len(prefix) + 1 :])
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the child to end (failing the test after ``timeout``), then for its output."""
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"child did not end within {timeout}s\n{self.describe()}")
-        for pump in self._pumps:
-            pump.join(10)
-        return code
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.wait(10)
 
 
 def proc_state(pid: int) -> str:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
 import signal
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -24,74 +22,10 @@ import pipebit
 from pipebit import _layout as L
 from pipebit import _shm
 
+from .children import Child
 from .conftest import Reaper
 
-
 # --------------------------------------------------------------------------- helpers
-class Child:
-    """A child interpreter whose stdout lines are read in the background (no blocking reads)."""
-
-    def __init__(self, reaper: Reaper, code: str, *args: str) -> None:
-        self.proc = reaper.spawn(code, *args)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._pumps = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),
-        ]
-        for pump in self._pumps:
-            pump.start()
-
-    def _pump(self, stream: Any, sink: list[str], lines: bool) -> None:
-        try:
-            for line in stream:
-                sink.append(line)
-                if lines:
-                    self.lines.put(line.rstrip("\n"))
-        except (ValueError, OSError):  # the reaper closed the stream at teardown
-            pass
-        if lines:
-            self.lines.put(None)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def describe(self) -> str:
-        return (
-            f"child {self.proc.pid} returncode={self.proc.poll()}\n"
-            f"--- stdout ---\n{''.join(self.out)[-3000:]}\n--- stderr ---\n{''.join(self.err)[-3000:]}"
-        )
-
-    def expect(self, prefix: str, timeout: float) -> list[str]:
-        """Wait for a stdout line starting with ``prefix``; return its remaining words."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.0))
-            except queue.Empty:
-                pytest.fail(f"no {prefix!r} line within {timeout}s\n{self.describe()}")
-            if line is None:
-                self.wait(10)
-                pytest.fail(f"child ended before printing {prefix!r}\n{self.describe()}")
-            if line.startswith(prefix):
-                return line.split()[1:]
-
-    def wait(self, timeout: float) -> int:
-        """Wait for the child to end (failing the test after ``timeout``), then for its output."""
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"child did not end within {timeout}s\n{self.describe()}")
-        for pump in self._pumps:
-            pump.join(10)
-        return code
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        os.kill(self.proc.pid, sig)
-        if sig == signal.SIGKILL:
-            self.wait(10)
 
 
 def proc_state(pid: int) -> str:

@@ -1,0 +1,123 @@
+"""Child interpreters for multi-process tests, with their output read in the background.
+
+A test talks to a child by lines: the child prints ``ready``, ``sent 500`` and
+so on; :meth:`Child.expect` waits for a line by its first word, failing the test
+(with the child's output) rather than hanging if it never comes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from .conftest import Reaper
+
+
+class Child:
+    """A child interpreter whose stdout lines are read in the background (no blocking reads)."""
+
+    def __init__(self, reaper: Reaper, code: str, *args: str, stdin: bool = False, **popen: Any) -> None:
+        if stdin:
+            popen["stdin"] = subprocess.PIPE
+        self.proc = reaper.spawn(code, *args, **popen)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.ended_at: float | None = None  # time.monotonic() when wait() saw it end
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err, False), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
+
+    def _pump(self, stream: Any, sink: list[str], lines: bool) -> None:
+        try:
+            for line in stream:
+                sink.append(line)
+                if lines:
+                    self.lines.put(line.rstrip("\n"))
+        except (ValueError, OSError):  # the reaper closed the stream at teardown
+            pass
+        if lines:
+            self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def describe(self) -> str:
+        return (
+            f"child {self.proc.pid} returncode={self.proc.poll()}\n"
+            f"--- stdout ---\n{''.join(self.out)[-3000:]}\n--- stderr ---\n{self.stderr[-3000:]}"
+        )
+
+    def next_line(self, timeout: float, *, required: bool = True) -> str | None:
+        """The next stdout line.  If none comes within ``timeout``: fail the test, or
+        return ``None`` when not ``required``.  A child that ends instead always fails it."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            if not required:
+                return None
+            pytest.fail(f"no line from the child within {timeout}s\n{self.describe()}")
+        if line is None:
+            self.wait(10)
+            pytest.fail(f"child ended without printing another line\n{self.describe()}")
+        return line
+
+    def expect(self, prefix: str, timeout: float) -> list[str]:
+        """Wait for a stdout line starting with ``prefix``; return its remaining words."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(deadline - time.monotonic(), 0.0))
+            assert line is not None
+            if line.startswith(prefix):
+                return line.split()[1:]
+
+    def expect_json(self, prefix: str, timeout: float) -> Any:
+        """Wait for a line ``prefix <json>`` and return the decoded JSON."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next_line(max(deadline - time.monotonic(), 0.0))
+            assert line is not None
+            if line.startswith(prefix + " "):
+                return json.loads(line[len(prefix) + 1 :])
+
+    def tell(self, text: str) -> None:
+        """Write a line to the child's stdin (spawned with ``stdin=True``)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the child to end (failing the test after ``timeout``), then for its output."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"child did not end within {timeout}s\n{self.describe()}")
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+        for pump in self._pumps:
+            pump.join(10)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        return code
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; after SIGKILL, also wait for the child to be gone."""
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.wait(10)
