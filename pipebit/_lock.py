@@ -100,10 +100,6 @@ class SlotLock:
         self._fd = fd
         return True
 
-    @property
-    def held(self) -> bool:
-        return self._fd >= 0
-
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

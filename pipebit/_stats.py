@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 from . import _layout as L
 from . import _shm
@@ -249,8 +248,3 @@ def list_pipes() -> list[PipeStats]:
         except (PipeNotFoundError, PipeFormatError):
             continue
     return found
-
-
-def age(timestamp: float | None) -> float | None:
-    """Seconds since ``timestamp`` (seconds since the epoch), or ``None``."""
-    return None if timestamp is None else max(time.time() - timestamp, 0.0)

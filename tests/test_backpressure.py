@@ -19,8 +19,8 @@ import pipebit
 from pipebit import _layout as L
 from pipebit import _shm
 
-from .children import Child
 from .conftest import Reaper
+from .helpers import Child
 
 MB = 1 << 20
 

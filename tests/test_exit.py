@@ -15,18 +15,8 @@ import pytest
 
 import pipebit
 
-from .children import Child
 from .conftest import Reaper
-
-
-def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float) -> list[Any]:
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        assert time.monotonic() < deadline, f"only {len(got)} of {count} packets arrived within {timeout}s"
-        got += receiver.receive(timeout=0.5)
-    return got
-
+from .helpers import Child, receive_n
 
 # Sends [i, "p" * pad] and just ends: no flush, no close_connection.  Prints the
 # moment it is done.

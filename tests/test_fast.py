@@ -14,37 +14,17 @@ import signal
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
 import pipebit
 from pipebit import _layout as L
-from pipebit import _shm
 
-from .children import Child
 from .conftest import Reaper
+from .helpers import Child, proc_state, segment_path, wait_until
 
 # --------------------------------------------------------------------------- helpers
-
-
-def proc_state(pid: int) -> str:
-    """The one-letter state of ``pid`` from /proc (``T`` = stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-
-
-def segment_path(name: str) -> Path:
-    return Path("/dev/shm" + _shm.segment_name(name))
 
 
 def mono_payload(i: int) -> bytes:

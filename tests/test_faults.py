@@ -22,41 +22,14 @@ import pipebit
 from pipebit import _layout as L
 from pipebit import _shm
 
-from .children import Child
 from .conftest import Reaper
+from .helpers import Child, proc_state, receive_n, segment_path, wait_until
 
 # --------------------------------------------------------------------------- helpers
 
 
-def proc_state(pid: int) -> str:
-    """The one-letter state of ``pid`` from /proc (``T`` = stopped)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return stat[stat.rindex(")") + 2]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float) -> list[Any]:
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        assert time.monotonic() < deadline, f"only {len(got)} of {count} packets arrived within {timeout}s"
-        got += receiver.receive(timeout=0.5)
-    return got
-
-
 def payload(seq: int, length: int) -> bytes:
     return bytes([seq % 251]) * length
-
-
-def segment_path(name: str) -> Path:
-    return Path("/dev/shm" + _shm.segment_name(name))
 
 
 # A receiver that attaches, says so, and then never calls receive(): with

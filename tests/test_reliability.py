@@ -45,8 +45,8 @@ from pipebit import _layout as L
 from pipebit._pipe import Pipe, open_pipe
 from pipebit._ring import RingReader, start_position
 
-from .children import Child
 from .conftest import Reaper
+from .helpers import Child, segment_path, wait_until
 
 SHM = Path("/dev/shm")
 NOBODY = 65534
@@ -175,23 +175,9 @@ class Stream:
 # ------------------------------------------------------------------------ children
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; return the seconds it took (fail after ``timeout``)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
-    return time.monotonic() - started
-
-
-def segment_file(name: str) -> Path:
-    return SHM / _shm.segment_name(name).lstrip("/")
-
-
 def committed_head(name: str) -> int:
     """The ring's ``head``, read from the segment without taking any lock."""
-    with segment_file(name).open("rb") as f:
+    with segment_path(name).open("rb") as f:
         f.seek(L.HEAD * 8)
         return int(struct.unpack("=Q", f.read(8))[0])
 
@@ -1155,7 +1141,7 @@ def test_safe_receiver_on_any_ring_returns_lists_or_raises_and_closes(
 # ------------------------------------------------ corruption under a live receiver
 def ring_records(name: str) -> list[tuple[int, int, int, int]]:
     """(position, payload_len, count, first_seq) of every committed record, tail to head."""
-    raw = segment_file(name).read_bytes()
+    raw = segment_path(name).read_bytes()
     capacity, tail, head = (struct.unpack_from("=Q", raw, o)[0] for o in (32, L.TAIL * 8, L.HEAD * 8))
     records = []
     position = tail
@@ -1174,13 +1160,13 @@ def ring_records(name: str) -> list[tuple[int, int, int, int]]:
 
 def poke(name: str, offset: int, data: bytes) -> None:
     """Overwrite bytes of the pipe's segment, as any process of the user can."""
-    with segment_file(name).open("r+b") as f:
+    with segment_path(name).open("r+b") as f:
         f.seek(offset)
         f.write(data)
 
 
 def poke_head(name: str, change: int) -> None:
-    raw = segment_file(name).read_bytes()
+    raw = segment_path(name).read_bytes()
     head = struct.unpack_from("=Q", raw, L.HEAD * 8)[0]
     poke(name, L.HEAD * 8, struct.pack("=Q", head + change))
 
@@ -1297,7 +1283,7 @@ def test_truncation_under_live_endpoints_kills_them_with_sigbus(name: str, reape
     sender = Child(reaper, STREAM, name, "0", "-1")
     sender.expect("ready", 30)
     receiver.expect("got", 30)
-    os.truncate(segment_file(name), 0)
+    os.truncate(segment_path(name), 0)
     started = time.monotonic()
     outcomes = {}
     for role, child in (("sender", sender), ("receiver", receiver)):
@@ -1366,7 +1352,7 @@ def test_another_user_cannot_open_our_pipe_or_squat_its_name(name: str, make_nam
             assert semaphores, "a receiver's semaphore should exist"
             assert any(f.endswith(".lock") for f in files)
             assert any(".slot" in f for f in files)
-            for path in [segment_file(name), *(Path(f) for f in files)]:
+            for path in [segment_path(name), *(Path(f) for f in files)]:
                 assert _mode(path) == 0o600, f"{path} has mode {_mode(path):o}"
             for sem in semaphores:
                 assert _mode(SHM / ("sem." + sem[1:])) == 0o600

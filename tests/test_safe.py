@@ -14,6 +14,7 @@ from pipebit import _layout as L
 from pipebit import _shm
 
 from .conftest import Reaper
+from .helpers import receive_n
 
 # Child programs take the pipe name as argv[1] and report on stdout.
 SEND_RANGE = """
@@ -37,16 +38,6 @@ with pipebit.SafeReceiver(name, 0) as r:
         got += r.receive(timeout=30) or []
 print(json.dumps(got), flush=True)
 """
-
-
-def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float = 60) -> list[Any]:
-    """Receive until ``count`` packets arrived; fail (rather than hang) after ``timeout`` s."""
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < count:
-        assert time.monotonic() < deadline, f"only {len(got)} of {count} packets arrived"
-        got += receiver.receive(timeout=1)
-    return got
 
 
 def wait_line(child: Any, expected: str, timeout: float = 30) -> None:

@@ -1,4 +1,4 @@
-"""Child interpreters for multi-process tests, with their output read in the background.
+"""Helpers of the multi-process tests: child interpreters, waiting, and where a pipe lives.
 
 A test talks to a child by lines: the child prints ``ready``, ``sent 500`` and
 so on; :meth:`Child.expect` waits for a line by its first word, failing the test
@@ -14,11 +14,46 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
+import pipebit
+from pipebit import _shm
+
 from .conftest import Reaper
+
+
+def receive_n(receiver: pipebit.SafeReceiver, count: int, timeout: float = 60) -> list[Any]:
+    """Receive until ``count`` packets arrived; fail (rather than hang) after ``timeout`` s."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count:
+        assert time.monotonic() < deadline, f"only {len(got)} of {count} packets arrived within {timeout}s"
+        got += receiver.receive(timeout=0.5)
+    return got
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``condition`` until it holds; return the seconds it took (fail after ``timeout``)."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+    return time.monotonic() - started
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of ``pid`` from /proc (``T`` = stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
+def segment_path(name: str) -> Path:
+    """The file of pipe ``name``'s segment in /dev/shm."""
+    return Path("/dev/shm" + _shm.segment_name(name))
 
 
 class Child:
