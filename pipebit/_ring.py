@@ -92,55 +92,73 @@ class RingWriter:
         Blocks while attached receivers have not read the bytes it would overwrite;
         raises :class:`Aborted` when ``should_abort()`` turns true while blocked.
         """
+        h = self.pipe.header
+        flag = self._flag
+        while not self._place(payload, count, rest, waiting=True):
+            if should_abort():
+                if flag is not None:
+                    h[flag] = 0
+                raise Aborted
+            _shm.sleep_on(self.pipe.writer_semaphore(), WRITER_NAP)
+        self._wake_receivers()
+
+    def try_commit(self, payload: bytes, count: int, *, rest: bytes = b"") -> bool:
+        """Like :meth:`commit`, but never waits: ``False`` if the ring has no room right now."""
+        if not self._place(payload, count, rest, waiting=False):
+            return False
+        self._wake_receivers()
+        return True
+
+    def _place(self, payload: bytes, count: int, rest: bytes, *, waiting: bool) -> bool:
+        """One attempt, under the writers' lock: write the record if there is room.
+
+        With no room, a ``waiting`` writer flags itself as sleeping for room (so
+        receivers post the writers' semaphore when they advance) and may reclaim
+        the slot of a dead receiver that holds it back.
+        """
         pipe = self.pipe
         h = pipe.header
         cap = self.capacity
         size = len(payload) + len(rest)
         length = L.align(L.RECORD_HEADER + size)
         flag = self._flag
-        while True:
-            pipe.lock.acquire()
-            try:
-                if flag is not None:
-                    h[flag] = 0
-                if pipe.removed:
-                    raise PipeClosedError(f"pipe {pipe.name!r} was removed while this sender was attached")
+        with pipe.lock:
+            if flag is not None:
+                h[flag] = 0
+            if pipe.removed:
+                raise PipeClosedError(f"pipe {pipe.name!r} was removed while this sender was attached")
+            while True:
                 head = h[L.HEAD]
                 offset = head % cap
                 wrap = length > cap - offset
                 need = cap - offset if wrap else length
                 lowest, holder = self._lowest_cursor(head)
                 floor = head + need - cap
-                if lowest >= floor:
-                    self._drop_retained(floor, head)
-                    if wrap:
-                        L.WRAP.pack_into(pipe.data, offset, L.WRAP_MARK)
-                        h[L.HEAD] = head + need
-                        continue  # the lock is released and retaken; fine, it is rare
-                    data = pipe.data
-                    L.RECORD.pack_into(data, offset, size, count, h[L.PACKETS])
-                    start = offset + L.RECORD_HEADER
-                    data[start : start + len(payload)] = payload
-                    if rest:
-                        data[start + len(payload) : start + size] = rest
-                    h[L.PACKETS] += count
-                    h[L.LAST_WRITE_NS] = time.time_ns()
-                    h[L.HEAD] = head + length  # publish: everything above is now visible
-                    if h[L.WRITERS_WAITING]:
-                        h[L.WRITERS_WAITING] = self._others_waiting()
+                if lowest < floor:
                     break
+                self._drop_retained(floor, head)
+                if wrap:
+                    L.WRAP.pack_into(pipe.data, offset, L.WRAP_MARK)
+                    h[L.HEAD] = head + need
+                    continue  # the record goes at the start of the next lap
+                data = pipe.data
+                L.RECORD.pack_into(data, offset, size, count, h[L.PACKETS])
+                start = offset + L.RECORD_HEADER
+                data[start : start + len(payload)] = payload
+                if rest:
+                    data[start + len(payload) : start + size] = rest
+                h[L.PACKETS] += count
+                h[L.LAST_WRITE_NS] = time.time_ns()
+                h[L.HEAD] = head + length  # publish: everything above is now visible
+                if h[L.WRITERS_WAITING]:
+                    h[L.WRITERS_WAITING] = self._others_waiting()
+                return True
+            if waiting:
                 if flag is not None:
                     h[flag] = 1
                 h[L.WRITERS_WAITING] = 1  # receivers: post the writers' semaphore when you advance
                 self._maybe_reclaim(holder)
-            finally:
-                pipe.lock.release()
-            if should_abort():
-                if flag is not None:
-                    h[flag] = 0
-                raise Aborted
-            _shm.sleep_on(pipe.writer_semaphore(), WRITER_NAP)
-        self._wake_receivers()
+            return False
 
     def _others_waiting(self) -> int:
         """1 if another live writer sleeps for room, else 0; frees dead sleepers' slots.

@@ -93,7 +93,7 @@ class Reaper:
                 except ProcessLookupError:
                     pass
             child.wait(timeout=10)
-            for stream in (child.stdout, child.stderr):
+            for stream in (child.stdin, child.stdout, child.stderr):
                 if stream is not None:
                     stream.close()
 

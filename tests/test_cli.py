@@ -292,7 +292,8 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
             sender.send([i, "x" * 500], timeout=30)
         wait_for(lambda: pipebit.pipe_stats(name).writers_waiting > 0, "the ring to fill up")
         started = time.monotonic()
-        result = run("send", name, "--timeout", "1", '["late"]')
+        # Big enough that whatever room the ring has left cannot take it.
+        result = run("send", name, "--timeout", "1", json.dumps(["late", "y" * 3000]))
         assert time.monotonic() - started >= 1
         assert result.returncode == 1
         assert result.stderr.startswith("pipebit: error: ")
