@@ -40,6 +40,7 @@ Packet = List[Any]
 # The peers, as they are named in the tables.
 PIPEBIT_SAFE = "PipeBit Safe"
 PIPEBIT_FAST = "PipeBit Fast"
+PIPEBIT_SPIN = "PipeBit Safe, spin"  # receivers poll up to SPIN_S before sleeping (round trip only)
 MP_QUEUE = "mp.Queue"
 MP_PIPE = "mp.Pipe"
 ZMQ_PUSH_PULL = "zmq PUSH/PULL"
@@ -54,6 +55,8 @@ LOSSY = frozenset({ZMQ_PUB_SUB, ZMQ_PUB_SUB_RAISED, ZMQ_CONFLATE})  # may drop b
 IDLE_TIMEOUT_S = 1.0
 # faster-fifo's get_many() needs a number; this stands for "wait as long as it takes".
 FOREVER_S = 3600.0
+# The opt-in low-latency mode: how long a PipeBit receiver polls before it sleeps.
+SPIN_S = 0.002
 # ZeroMQ's default high-water mark is 1000 messages; "raised" means no limit at all (0).
 ZMQ_NO_LIMIT = 0
 
@@ -96,7 +99,7 @@ def make_channel(
 
 def discard_channel(channel: Channel) -> None:
     """Release what the parent holds for ``channel``; remove its pipe or socket file."""
-    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_FAST):
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_FAST):
         try:
             pipebit.remove(channel.name, force=True)
         except pipebit.PipeNotFoundError:
@@ -128,10 +131,14 @@ class PipeBitSafeSender:
 
 
 class PipeBitSafeReceiver:
-    """``SafeReceiver(start="new")``: ``receive(timeout=None)`` returns every cached packet."""
+    """``SafeReceiver(start="new")``: ``receive(timeout=None)`` returns every packet waiting.
+
+    For the spin peer, ``spin=SPIN_S``: ``receive()`` polls that long before it sleeps.
+    """
 
     def __init__(self, channel: Channel, index: int) -> None:
-        self._receiver = pipebit.SafeReceiver(channel.name, 0, start="new", capacity=channel.capacity)
+        spin = SPIN_S if channel.peer == PIPEBIT_SPIN else 0.0
+        self._receiver = pipebit.SafeReceiver(channel.name, 0, start="new", capacity=channel.capacity, spin=spin)
 
     def recv(self) -> list[Packet]:
         return self._receiver.receive(timeout=None)
@@ -328,7 +335,7 @@ class ZmqConflateReader:
 # ------------------------------------------------------------------- dispatch
 def open_sender(channel: Channel) -> Any:
     """Open the sending end of ``channel`` in this process."""
-    if channel.peer == PIPEBIT_SAFE:
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN):
         return PipeBitSafeSender(channel)
     if channel.peer == PIPEBIT_FAST:
         return PipeBitFastSender(channel)
@@ -343,7 +350,7 @@ def open_sender(channel: Channel) -> Any:
 
 def open_receiver(channel: Channel, index: int) -> Any:
     """Open receiving end number ``index`` of ``channel`` in this process."""
-    if channel.peer == PIPEBIT_SAFE:
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN):
         return PipeBitSafeReceiver(channel, index)
     if channel.peer == MP_QUEUE:
         return MpQueueReceiver(channel, index)

@@ -138,7 +138,9 @@ METHOD = """\
 - Fan-out: ZeroMQ PUB/SUB drops packets when a subscriber's queue reaches the high-water mark; its
   receivers stop after {idle:g} s of silence and the loss is reported, not hidden.
 - Round trip: two one-way channels (for PipeBit two Safe pipes; the echo side calls `receive(timeout=None)`),
-  {warmup_round_trips:,} warm-up round trips, timed with `time.perf_counter_ns()`.
+  {warmup_round_trips:,} warm-up round trips, timed with `time.perf_counter_ns()`. "PipeBit Safe, spin" is
+  the opt-in low-latency mode: both receivers are made with `spin={spin:g}` (poll up to {spin_us:,.0f} µs,
+  then sleep).
 - Latest value: PipeBit Fast against ZeroMQ PUB/SUB with `CONFLATE` on the subscriber. The packet carries
   `time.monotonic_ns()` of the send; `CLOCK_MONOTONIC` is one clock for the whole machine on Linux, so the
   reader can subtract it. Readers poll without pause (`receive(timeout=0)`, `recv(NOBLOCK)`).
@@ -149,19 +151,27 @@ METHOD = """\
 """
 
 COSTS = """\
-- A Safe packet crosses three threads on its way: `send()` queues it for the sender's delivery thread,
-  which writes a batch into the ring and wakes the receiver's caching thread, which decodes the batch
-  and wakes the thread in `receive()`. Batching makes this cheap per packet when packets stream, but a
-  single packet pays three thread wake-ups each way, where `mp.Pipe` pays one. On a virtual machine,
-  where one wake-up costs tens of microseconds, that decides the round trip.
+- A Safe packet streamed in a burst crosses threads: `send()` queues it for the sender's delivery thread,
+  which writes many packets as one record, and `receive()` decodes whole records at once. Batching makes
+  this cheap per packet. A lone packet skips the queue: `send()` writes it into the ring itself when the
+  delivery thread is idle and the previous lone send was more than 5 µs ago, and a `receive()` call that
+  is waiting reads and sleeps on the ring itself. A request/reply exchange thus pays one process wake-up
+  each way, as `mp.Pipe` does.
+- That wake-up is the floor of the sleeping round trip on this virtual machine. `benchmarks/wake_floor.py`
+  ping-pongs two processes over bare POSIX semaphores: as soon as each side does even 2 µs of work
+  between posts, so that the other really goes to sleep, the two wake-ups of a round trip cost about
+  55-65 µs together, whatever the library (with no work at all, ~6 µs). PipeBit's own work per round
+  trip is about 15 µs (the spin row, where nobody sleeps), so a sleeping round trip lands at about
+  70-80 µs, level with `mp.Pipe`. Going under 0.7 times `mp.Pipe` while sleeping would need wake-ups cheaper
+  than this machine's; `spin=` avoids them instead.
 - Per packet, PipeBit's cost is Python bytecode: encoding, a lock, a deque append on the sending side;
-  decoding and list building on the receiving side. Both processes also run a background thread that
-  shares the GIL with the application, so a receiver that does more per packet slows its own caching.
+  decoding and list building on the receiving side. The sender's delivery thread shares the GIL with the
+  application, so the sender's own `send()` loop is the 1→1 bottleneck.
 - Fast `send()` takes no lock shared with other processes and never waits, so readers do not slow it
   per CPU-second; on a 2-core machine, busy-polling readers still take CPU time away from the sender.
 - Memory under a slow receiver is bounded by configuration: the sender queues at most `queue_size`
-  packets (65536) or the ring's capacity in bytes, the ring itself becomes resident as it fills (4 MiB,
-  shared memory), and the receiver caches up to `max_cached` decoded packets (65536) ahead of `receive()`.
+  packets (8192) or 1 MiB, the ring itself becomes resident as it fills (4 MiB, shared memory), and the
+  receiver caches up to `max_cached` decoded packets (65536) ahead of `receive()`.
 """
 
 TARGET_NOTE = (
@@ -287,7 +297,7 @@ def scenario_table(scenario: str, settings: Settings, summaries: dict[tuple[str,
         if table.higher_is_better is not None:
             mine = pipebit_row(summaries, scenario, row.variant)
             value = ratio_of(mine, row, primary)
-            if mine is row or value is None:
+            if row.peer.startswith("PipeBit") or value is None:  # PipeBit's own variants: no ratio
                 cells.append("—")
             else:
                 cells.append(ratio(value))
@@ -370,6 +380,14 @@ def targets(summaries: dict[tuple[str, str], Summary]) -> list[Target]:
         )
     )
 
+    spin = get("latency", peers.PIPEBIT_SPIN)
+    spin_p50 = spin.median("p50_us") if spin else None
+    if spin is None or spin_p50 is None:
+        found.append(Target("round trip p50, opt-in spin mode ≤ 20 µs", "not measured", None))
+    else:
+        met = spin_p50 <= 20 and not spin.problems
+        found.append(Target("round trip p50, opt-in spin mode ≤ 20 µs", f"{spin_p50:.1f} µs", met))
+
     three, one = get("latest", f"{fast}, 3 readers"), get("latest", f"{fast}, 1 reader")
     updates = three.median("updates_per_s") if three else None
     if three is None or updates is None:
@@ -446,6 +464,8 @@ def render(
             warmup_mib=settings.warmup_mib,
             warmup_round_trips=settings.warmup_round_trips,
             idle=peers.IDLE_TIMEOUT_S,
+            spin=peers.SPIN_S,
+            spin_us=peers.SPIN_S * 1e6,
             runs=settings.runs,
         )
     )
@@ -454,6 +474,7 @@ def render(
 
 # -------------------------------------------------------------------- chart
 SHORT_NAMES = {
+    peers.PIPEBIT_SPIN: "PipeBit Safe\nspin",
     peers.ZMQ_PUB_SUB: "zmq PUB/SUB\ndefault HWM",
     peers.ZMQ_PUB_SUB_RAISED: "zmq PUB/SUB\nHWM raised",
     peers.ZMQ_CONFLATE: "zmq\nCONFLATE",
