@@ -254,6 +254,7 @@ class RingReader:
         h = pipe.header
         self.cursor = h[slot.base + L.S_CURSOR]
         self.next_seq = h[slot.base + L.S_NEXT_SEQ]
+        self.bytes_read = 0
         self.semaphore = pipe.slot_semaphore(slot.index)
         _shm.drain(self.semaphore)  # posts meant for a previous holder of this slot
 
@@ -261,9 +262,10 @@ class RingReader:
         """Whether committed records are waiting to be read."""
         return self.pipe.header[L.HEAD] != self.cursor
 
-    def read(self, limit: int) -> list[Any]:
+    def read(self, limit: int, byte_limit: int = 1 << 62) -> list[Any]:
         """Decode the committed records after the cursor -- whole records, until ``limit``
-        packets are reached -- and advance past them.  ``[]`` when there are none.
+        packets or ``byte_limit`` bytes of records are reached -- and advance past them.
+        ``[]`` when there are none.  ``bytes_read`` tells how many bytes the records took.
 
         Raises :class:`CorruptPacketError` for a record that fails validation, after
         skipping to the newest commit so the next read starts clean.
@@ -275,6 +277,7 @@ class RingReader:
             raise PipeClosedError(f"this receiver's slot in pipe {pipe.name!r} was taken over; it was detached")
         head = h[L.HEAD]
         cursor = self.cursor
+        self.bytes_read = 0
         if cursor == head:
             if pipe.removed:
                 raise PipeClosedError(f"pipe {pipe.name!r} was removed while this receiver was attached")
@@ -288,7 +291,7 @@ class RingReader:
                     f"pipe {pipe.name!r}: head {head} is impossible for a receiver at {cursor}; "
                     "something other than PipeBit wrote to the segment"
                 )
-            while cursor < head and len(out) < limit:
+            while cursor < head and len(out) < limit and cursor - self.cursor < byte_limit:
                 offset = cursor % cap
                 room = cap - offset
                 length = L.RECORD.unpack_from(data, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
@@ -322,6 +325,7 @@ class RingReader:
             cursor, next_seq = head, h[L.PACKETS]
             self._advance(cursor, next_seq, 0)
             raise
+        self.bytes_read = cursor - self.cursor
         self._advance(cursor, next_seq, len(out))
         return out
 

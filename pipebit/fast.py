@@ -99,8 +99,8 @@ class FastSender(Endpoint):
         self._size = None if size is None else check_count(size, "size", minimum=0)
         self._override = bool(override)
         self._capacity = _check_slot_size(slot_size)
-        self._send_lock = threading.Lock()
-        self._pack = _codec.new_packer()  # used under self._send_lock only
+        self._set_send_lock(threading.Lock())
+        self._pack = _codec.new_packer()  # used under the send lock only
         self._fence_acquire, self._fence_release = fence_pair()
         self._sent = 0
         self.open_connection()
@@ -177,8 +177,12 @@ class FastSender(Endpoint):
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = None
-        self._send_lock = threading.Lock()
+        self._set_send_lock(threading.Lock())
         self._drop_inherited(pipe, slot)
+
+    def _set_send_lock(self, lock: threading.Lock) -> None:
+        self._send_lock = lock
+        self._lock, self._unlock = lock.acquire, lock.release  # cheaper than "with", per update
 
     def _counters(self) -> tuple[int, int, int]:
         assert self._slot is not None
@@ -195,7 +199,8 @@ class FastSender(Endpoint):
         kind = data.__class__
         if kind is not list and kind is not tuple and not isinstance(data, (list, tuple)):
             raise _codec.not_a_packet(data)
-        with self._send_lock:  # one writer per lane: threads of this sender take turns
+        self._lock()  # one writer per lane: threads of this sender take turns
+        try:
             pipe = self._pipe
             if pipe is None:
                 self._require_pipe()
@@ -236,6 +241,8 @@ class FastSender(Endpoint):
             self._fence_release()
             if words[_SLEEPERS]:
                 _wake_sleepers(pipe, words)
+        finally:
+            self._unlock()
 
 
 class FastReceiver(Endpoint):

@@ -186,3 +186,24 @@ def test_a_spinning_receiver_gets_every_packet(name: str, reaper: Reaper) -> Non
 def test_bad_spin_is_refused(name: str, spin: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match="spin"):
         pipebit.SafeReceiver(name, 0, spin=spin)
+
+
+def test_reading_ahead_stops_at_max_cached_bytes(name: str) -> None:
+    # 8 KiB packets, the application never calling receive(): the thread caches about
+    # max_cached_bytes (plus the record it overshoots with), far below max_cached
+    # packets; the rest waits in the ring and in the sender.
+    packet_bytes, capacity = 8 << 10, 64 << 10
+    with (
+        pipebit.SafeReceiver(name, 0, capacity=capacity, max_cached_bytes=capacity) as receiver,
+        pipebit.SafeSender(name, 0, flush_timeout=0) as sender,
+    ):
+        # About 8 fit in the cache, 7 in the ring, 7 in the sender's queue: none of these blocks.
+        for i in range(20):
+            sender.send([i, b"x" * packet_bytes], timeout=30)
+        wait_until(lambda: pipebit.pipe_stats(name).writers_waiting > 0, 30, "the ring to fill up")
+        time.sleep(0.2)  # the thread has had every chance to read more
+        cached = receiver.stats().pending
+        assert 0 < cached <= capacity // packet_bytes + 1
+        assert sender.stats().pending > 0
+        got = receive_n(receiver, 20)
+    assert [p[0] for p in got] == list(range(20))
