@@ -80,6 +80,7 @@ class RingWriter:
         self.pipe = pipe
         self.capacity = pipe.capacity
         self._probe_due: dict[int, float] = {}
+        self._moved_head = False  # set by _place()
         # Our slot's "waiting" flag says, for tools and other writers, that we sleep for room.
         self._flag = slot.base + L.S_WAITING if slot is not None else None
 
@@ -95,6 +96,8 @@ class RingWriter:
         h = self.pipe.header
         flag = self._flag
         while not self._place(payload, count, rest, waiting=True):
+            if self._moved_head:  # a wrap mark went in: receivers must step over it to make room
+                self._wake_receivers()
             if should_abort():
                 if flag is not None:
                     h[flag] = 0
@@ -104,17 +107,19 @@ class RingWriter:
 
     def try_commit(self, payload: bytes, count: int, *, rest: bytes = b"") -> bool:
         """Like :meth:`commit`, but never waits: ``False`` if the ring has no room right now."""
-        if not self._place(payload, count, rest, waiting=False):
-            return False
-        self._wake_receivers()
-        return True
+        placed = self._place(payload, count, rest, waiting=False)
+        if placed or self._moved_head:
+            self._wake_receivers()
+        return placed
 
     def _place(self, payload: bytes, count: int, rest: bytes, *, waiting: bool) -> bool:
         """One attempt, under the writers' lock: write the record if there is room.
 
         With no room, a ``waiting`` writer flags itself as sleeping for room (so
         receivers post the writers' semaphore when they advance) and may reclaim
-        the slot of a dead receiver that holds it back.
+        the slot of a dead receiver that holds it back.  ``_moved_head`` tells
+        whether ``head`` moved even so (a wrap mark was written): receivers asleep
+        must then be woken, or no one would step over the mark and make room.
         """
         pipe = self.pipe
         h = pipe.header
@@ -122,6 +127,7 @@ class RingWriter:
         size = len(payload) + len(rest)
         length = L.align(L.RECORD_HEADER + size)
         flag = self._flag
+        self._moved_head = False
         with pipe.lock:
             if flag is not None:
                 h[flag] = 0
@@ -140,6 +146,7 @@ class RingWriter:
                 if wrap:
                     L.WRAP.pack_into(pipe.data, offset, L.WRAP_MARK)
                     h[L.HEAD] = head + need
+                    self._moved_head = True
                     continue  # the record goes at the start of the next lap
                 data = pipe.data
                 L.RECORD.pack_into(data, offset, size, count, h[L.PACKETS])

@@ -43,3 +43,26 @@ def test_a_sleeping_receiver_is_woken_by_the_sender(name: str, model: str) -> No
     with sender_class(name, 0) as sender, receiver_class(name, 0) as receiver:
         measured = latencies(receiver, sender.send)
     assert max(measured) < BOUND, f"wake-up latencies {measured}"
+
+
+def test_a_wrap_mark_wakes_the_receiver_that_must_step_over_it(name: str) -> None:
+    # A record as large as the ring, sent when the ring is mid-lap: the writer marks the
+    # rest of the lap as skipped, then has no room until the receiver steps over the mark.
+    # The receiver has read everything before it and sleeps; unless the writer wakes it
+    # for the mark alone, both sit until the receiver's own 2 s timeout.  Each round is
+    # bounded well under that.
+    capacity = 8192
+    big = [b"x" * (capacity - 21 - 4)]  # encodes to exactly the largest packet
+    with pipebit.SafeSender(name, 0, capacity=capacity) as sender, pipebit.SafeReceiver(name, 0) as receiver:
+        for i in range(TRIALS * 2):
+            sender.send([i])  # a small record first: the big one starts mid-lap
+            sender.flush(timeout=10)
+            time.sleep(0.05)  # the receiver's thread reads it and goes to sleep
+            started = time.monotonic()
+            sender.send(big)
+            sender.flush(timeout=10)
+            assert time.monotonic() - started < 1.5, "the wrap mark did not wake the receiver"
+            got: list[Any] = []
+            while len(got) < 2 and (batch := receiver.receive(timeout=5)):
+                got += batch
+            assert [p[0] for p in got] == [i, big[0]]
