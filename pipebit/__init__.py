@@ -1,4 +1,4 @@
-"""PipeBit: named pipelines between processes on one machine, over shared memory.
+"""PipeBit: named pipelines between processes, over shared memory (or a Redis server).
 
 A pipe is named by a plain string.  One side sends lists, the other receives
 them::
@@ -13,7 +13,10 @@ them::
 
 The Safe pipeline (``SafeSender``/``SafeReceiver``, also ``BitPackSender``/
 ``BitPackReceiver``) is lossless and ordered.  See the README for the details
-and ``docs/format.md`` for the shared-memory layout.
+and ``docs/format.md`` for the shared-memory layout.  A name that is a Redis URL
+(``"redis://host:6379/0/data_pipe"``), or a plain name while the environment
+variable ``PIPEBIT_URL`` names a Redis server, puts the pipe on that server
+(``pip install "pipebit[redis]"``; see ``docs/redis.md``).
 """
 
 from ._pipe import DEFAULT_CAPACITY
@@ -22,6 +25,7 @@ from ._stats import EndpointStats, Participant, PipeStats, list_pipes, pipe_stat
 from .errors import (
     ArgumentTypeError,
     CorruptPacketError,
+    DependencyError,
     InvalidArgumentError,
     InvalidNameError,
     ModelMismatchError,
@@ -36,6 +40,7 @@ from .errors import (
     PipeNotFoundError,
     PipePermissionError,
     PipeTimeoutError,
+    TransportError,
     UndeliveredPacketsWarning,
     WorkerError,
 )
@@ -50,6 +55,7 @@ __all__ = [
     "BitPackReceiver",
     "BitPackSender",
     "CorruptPacketError",
+    "DependencyError",
     "EndpointStats",
     "FastReceiver",
     "FastSender",
@@ -71,6 +77,7 @@ __all__ = [
     "PipeTimeoutError",
     "SafeReceiver",
     "SafeSender",
+    "TransportError",
     "UndeliveredPacketsWarning",
     "WorkerError",
     "__version__",

@@ -8,6 +8,9 @@ context-manager protocol, and what happens at ``fork`` and at interpreter exit.
   :class:`PipeClosedError` saying so; the child opens its own.
 * At interpreter exit, open senders are flushed and closed (so a script that
   sends and ends delivers every packet), then open receivers are closed.
+* A name that selects a Redis server (see :mod:`pipebit._address`) makes
+  :meth:`Endpoint.__new__` build the Redis flavour of the class called, from
+  :mod:`pipebit._redis_base`: a subclass, so it *is* a ``SafeSender``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from . import _layout as L
+from ._address import ENV_URL, is_url, parse
 from ._pipe import Pipe, Slot, open_pipe
 from ._shm import validate_name
 from ._stats import EndpointStats, endpoint_stats
 from .errors import ArgumentTypeError, InvalidArgumentError, PipeClosedError
 
 logger = logging.getLogger("pipebit")
+
+_E = TypeVar("_E", bound="Endpoint")
 
 _open_endpoints: weakref.WeakSet[Endpoint] = weakref.WeakSet()
 _registry_lock = threading.Lock()
@@ -83,6 +89,15 @@ class Endpoint:
 
     _role: ClassVar[str] = "endpoint"
     _model: ClassVar[int] = L.MODEL_SAFE
+
+    def __new__(cls: type[_E], *args: Any, **kwargs: Any) -> _E:
+        name = args[0] if args else kwargs.get("name")
+        if is_url(name) or (isinstance(name, str) and os.environ.get(ENV_URL)):
+            parse(name)  # a wrong URL is an InvalidNameError before redis-py is even imported
+            from ._redis_base import redis_class_for  # noqa: PLC0415 - optional redis-py, on first use
+
+            return object.__new__(redis_class_for(cls))  # type: ignore[return-value]  # a subclass of cls
+        return object.__new__(cls)
 
     def __init__(self, name: str, debug: Any, create: bool) -> None:
         self._name = validate_name(name)

@@ -19,6 +19,7 @@ import posix_ipc
 
 from . import _layout as L
 from . import _lock, _shm
+from ._address import RedisPipe, parse
 from .errors import (
     ModelMismatchError,
     PipeBusyError,
@@ -318,9 +319,14 @@ def remove_pipe(name: str, *, force: bool = False) -> list[str]:
 
     Refuses with :class:`PipeBusyError` while live processes are attached, unless
     ``force``; they then see the pipe as removed.  ``PipeNotFoundError`` if no
-    part of the pipe exists.
+    part of the pipe exists.  A Redis URL (or a name under ``PIPEBIT_URL``) removes
+    the pipe's keys from that server.
     """
-    _shm.validate_name(name)  # the name becomes file paths below: never unchecked
+    address = parse(name)  # the name becomes file paths below: never unchecked
+    if isinstance(address, RedisPipe):
+        from . import _redis  # noqa: PLC0415 - redis-py is optional: imported on first use
+
+        return _redis.remove_pipe(address, force=force)
     with _lock.lifecycle():
         try:
             segment = _shm.attach_segment(name)

@@ -13,6 +13,7 @@ import os
 
 from . import _layout as L
 from . import _shm
+from ._address import RedisPipe, env_server, parse, parse_server
 from ._pipe import Pipe, attach_existing
 from .errors import PipeFormatError, PipeNotFoundError
 
@@ -202,8 +203,14 @@ def endpoint_stats(pipe: Pipe, slot: int, role: str, packets: int, pending: int)
 
 
 def pipe_stats(name: str) -> PipeStats:
-    """Snapshot pipe ``name``.  :class:`PipeNotFoundError` if it does not exist."""
-    pipe = attach_existing(_shm.validate_name(name))
+    """Snapshot pipe ``name`` (a Redis URL, or a name under ``PIPEBIT_URL``, reads that
+    server).  :class:`PipeNotFoundError` if it does not exist."""
+    address = parse(name)
+    if isinstance(address, RedisPipe):
+        from . import _redis  # noqa: PLC0415 - redis-py is optional: imported on first use
+
+        return _redis.pipe_stats(address)
+    pipe = attach_existing(address)
     try:
         return read_stats(pipe)
     finally:
@@ -234,13 +241,19 @@ def _names_of_segments() -> set[str]:
     return names
 
 
-def list_pipes() -> list[PipeStats]:
+def list_pipes(url: str | None = None) -> list[PipeStats]:
     """Snapshots of every pipe of this user, sorted by name.
 
     Pipes are found through their lock files and, on Linux, their segments in
     ``/dev/shm``; a pipe that cannot be read (corrupt, or removed meanwhile) is
-    left out.
+    left out.  With ``url`` (``redis://host:port/db``), or else while ``PIPEBIT_URL``
+    is set, the pipes on that Redis server instead.
     """
+    server = parse_server(url) if url is not None else env_server()
+    if server is not None:
+        from . import _redis  # noqa: PLC0415 - redis-py is optional: imported on first use
+
+        return _redis.list_pipes(server)
     found = []
     for name in sorted(set(_shm.names_in_user_dir()) | _names_of_segments()):
         try:

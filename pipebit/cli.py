@@ -4,6 +4,10 @@
 and :func:`pipebit.pipe_stats` without attaching.  ``tail`` attaches a receiver and
 ``send`` a sender, to an existing pipe only: no command creates a pipe.  Expected
 failures print ``pipebit: error: ...`` and exit 1; usage errors exit 2 (argparse's way).
+
+Pipes on a Redis server work the same: a NAME may be a URL
+(``redis://host:6379/0/data_pipe``), ``ls`` takes a server URL, and while
+``PIPEBIT_URL`` is set every command works on that server.
 """
 
 from __future__ import annotations
@@ -198,17 +202,19 @@ def _first_seq(receiver: SafeReceiver) -> int:
 
 # -------------------------------------------------------------------- commands
 def cmd_ls(args: argparse.Namespace) -> int:
-    """List this user's pipes, one row each.
+    """List this user's pipes (or those on a Redis server), one row each.
 
     SEND and RECV count live senders and receivers; LAG is the packets the slowest
     live receiver has not read.  STATE is live, blocked (a sender waits for a
     receiver to read) or stale (no live process attached: see `pipebit clean`).
+    With URL, or while PIPEBIT_URL is set, the pipes on that Redis server.
 
     example:
       pipebit ls
       pipebit ls --json | jq -r '.[] | select(.stale) | .name'
+      pipebit ls redis://sensor-hub:6379/0
     """
-    pipes = list_pipes()
+    pipes = list_pipes(args.url)
     if args.json:
         print(json.dumps([_record(s) for s in pipes], indent=2))
         return 0
@@ -409,7 +415,7 @@ def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="pipebit",
-        description="Inspect, watch, feed and remove PipeBit pipes (named pipes over shared memory).",
+        description="Inspect, watch, feed and remove PipeBit pipes (over shared memory, or on a Redis server).",
         epilog="example:\n  pipebit ls\n  pipebit stat data_pipe\n  pipebit tail -n 10 data_pipe",
         formatter_class=raw,
     )
@@ -424,9 +430,10 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub[name].set_defaults(func=func)
     for name in ("stat", "tail", "send", "hz"):
-        sub[name].add_argument("name", metavar="NAME", help="the pipe's name")
+        sub[name].add_argument("name", metavar="NAME", help="the pipe's name (or redis://host:port/db/name)")
     for name in ("ls", "stat", "tail"):
         sub[name].add_argument("--json", action="store_true", help="print JSON")
+    sub["ls"].add_argument("url", nargs="?", metavar="URL", help="a Redis server: redis://host:port/db")
     sub["tail"].add_argument("-n", type=_count, metavar="K", help="first the last K retained (Fast: the current value)")
     sub["send"].add_argument("packets", nargs="+", type=_packet, metavar="JSON", help="a packet: a JSON array")
     sub["send"].add_argument("--timeout", type=_seconds, metavar="S", help="give up after S s if the pipe stays full")

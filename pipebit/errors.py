@@ -13,6 +13,8 @@ Every error also subclasses the builtin a caller would try first, so
      ├── PipePermissionError       (PermissionError)  the pipe or its lock directory is not yours
      ├── NoSpaceError              (OSError)        /dev/shm has no room for a new pipe
      ├── PipeTimeoutError          (TimeoutError)   a blocking call ran out of time
+     ├── TransportError            (ConnectionError) the Redis server is not there, refused us, or cut us off
+     ├── DependencyError           (ImportError)    a Redis URL was used, but redis-py is not installed
      ├── PipeClosedError                            you closed this endpoint (or forked after opening it)
      ├── PipeBusyError                              the change needs the pipe to be idle, and it is not
      ├── WorkerError                                a background thread of this endpoint failed
@@ -29,6 +31,7 @@ from __future__ import annotations
 __all__ = [
     "ArgumentTypeError",
     "CorruptPacketError",
+    "DependencyError",
     "InvalidArgumentError",
     "InvalidNameError",
     "ModelMismatchError",
@@ -43,6 +46,7 @@ __all__ = [
     "PipeNotFoundError",
     "PipePermissionError",
     "PipeTimeoutError",
+    "TransportError",
     "UndeliveredPacketsWarning",
     "WorkerError",
 ]
@@ -86,6 +90,16 @@ class NoSpaceError(PipeBitError, OSError):
 
 class PipeTimeoutError(PipeBitError, TimeoutError):
     """A blocking call did not complete within its timeout."""
+
+
+class TransportError(PipeBitError, ConnectionError):
+    """A pipe on a Redis server could not be reached: no server at that address, a failed
+    login, a refused command, or (from ``receive()``) a connection lost long enough to
+    lose packets."""
+
+
+class DependencyError(PipeBitError, ImportError):
+    """A feature needs an optional package that is not installed (the message says which)."""
 
 
 class PipeClosedError(PipeBitError):

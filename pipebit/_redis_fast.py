@@ -1,0 +1,337 @@
+"""Fast pipes on a Redis server: the current value is the one entry of a trimmed stream.
+
+Guarantees
+----------
+* ``send()`` never waits for receivers or the network: it leaves the value for
+  the sender's background thread, which publishes the newest one (a sender
+  faster than its link skips values, as a slow reader would).  Values persist
+  for receivers that attach later; ``override=True`` clears the current one.
+* A receiver never sees a torn value (an entry is written atomically), values
+  it sees never go backwards (entry ids only grow), and none is returned twice
+  (a republished value after a lost reply is recognised by its stamp).
+* Connection loss: the sender republishes its newest value once reconnected;
+  ``receive()`` keeps trying until its timeout, then returns ``[]``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from typing import Any, Iterator, List, Union
+
+from . import _codec
+from . import _layout as L
+from . import _redis as R
+from ._endpoint import check_count, check_timeout
+from ._redis_base import RedisEndpoint, retry_wait
+from ._worker import Worker
+from .errors import (
+    CorruptPacketError,
+    InvalidArgumentError,
+    PacketSizeError,
+    PipeClosedError,
+    UndeliveredPacketsWarning,
+)
+from .fast import DEFAULT_SLOT_SIZE, FastReceiver, FastSender
+from .safe import DEFAULT_FLUSH_TIMEOUT, DEFAULT_RECEIVE_TIMEOUT
+
+Packet = List[Any]
+
+
+def _slot_size(slot_size: object) -> int | None:
+    if slot_size is None:
+        return None
+    return L.align(check_count(slot_size, "slot_size", minimum=64, maximum=L.MAX_CAPACITY // (2 * L.LANES)))
+
+
+class RedisFastSender(RedisEndpoint, FastSender):
+    """:class:`FastSender` over Redis: ``send()`` publishes with one round trip to the server.
+
+    While the server cannot be reached, ``send()`` leaves the value to a background
+    thread and returns at once; that thread publishes the newest value left to it
+    once reconnected (values sent meanwhile are skipped, as a slow reader would).
+    """
+
+    _model_name = "fast"
+
+    def __init__(
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        size: int | None = None,
+        override: bool = False,
+        slot_size: int | None = None,
+        create: bool = True,
+    ) -> None:
+        self._setup(name, debug, create)
+        self._size = None if size is None else check_count(size, "size", minimum=0)
+        self._override = bool(override)
+        self._capacity = _slot_size(slot_size)
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+        self._pack = _codec.new_packer()  # used under self._mutex only
+        self._pending: tuple[int, bytes] | None = None  # (stamp, value) left to the thread
+        self._sent = self._stamp = 0
+        self._worker: Worker | None = None
+        self.open_connection()
+        self._override = False
+
+    def open_connection(self) -> None:
+        """Connect (creating the pipe if needed).  No-op when connected."""
+        if self._link is not None:
+            return
+        link, _, self._required = self._join(
+            capacity="" if self._capacity is None else str(self._capacity),
+            default=str(DEFAULT_SLOT_SIZE),
+            packet_len="" if self._size is None else str(self._size),
+            override="1" if self._override else "0",
+        )
+        self._slot_size = self._capacity_now
+        self._stamp = 0
+        self._worker = Worker(f"pipebit-{self._name}-sender", self._republish)
+        self._link = link
+        self._worker.start()
+        self._register()
+
+    def close_connection(self) -> None:
+        """Disconnect, after publishing a value left to the background thread (up to 5 s).
+        The value stays for later receivers.  Idempotent."""
+        link, worker = self._link, self._worker
+        if link is None or worker is None:
+            return
+        deadline = time.monotonic() + DEFAULT_FLUSH_TIMEOUT
+        with self._mutex:
+            while self._pending is not None and worker.alive and time.monotonic() < deadline:
+                self._cond.wait(0.1)
+            lost = self._pending is not None
+            self._pending = None
+            worker.stopping.set()
+            self._cond.notify_all()
+            self._link = None
+        worker.stop(timeout=R.SOCKET_TIMEOUT + 5)
+        self._leave(link)
+        if lost:
+            warnings.warn(
+                f"Fast pipe {self._shown!r}: the last value was not published before the sender closed "
+                f"(Redis server {self._address.server} could not be reached)",
+                UndeliveredPacketsWarning,
+                stacklevel=2,
+            )
+
+    def _forget_after_fork(self) -> None:
+        super()._forget_after_fork()
+        self._worker = None
+        self._pending = None
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
+
+    def _pending_and_packets(self) -> tuple[int, int]:
+        with self._mutex:
+            return self._sent, int(self._pending is not None)
+
+    def send(self, data: Union[List[Any], tuple[Any, ...]]) -> None:
+        """Publish ``data`` (a list or tuple) as the pipe's current value; never waits for receivers.
+
+        Errors as :meth:`FastSender.send`.  When it returns, the value is on the
+        server -- unless the server could not be reached: then the background
+        thread publishes it (or a newer one) once it can, and ``send()`` returns at once.
+        """
+        if not isinstance(data, (list, tuple)):
+            raise _codec.not_a_packet(data)
+        with self._mutex:
+            link = self._link
+            if link is None:
+                self._require_link()
+                return
+            assert self._worker is not None
+            self._worker.check()
+            required = self._required
+            if required and len(data) != required:
+                raise PacketSizeError(f"pipe {self._shown!r} carries packets of {required} elements, got {len(data)}")
+            try:
+                encoded = self._pack(data)
+            except Exception as exc:
+                error = _codec.encoding_error(exc)
+                if error is exc:
+                    raise
+                raise error from exc
+            if len(encoded) > self._slot_size:
+                raise PacketSizeError(
+                    f"packet encodes to {len(encoded)} bytes; Fast pipe {self._shown!r} carries at most "
+                    f"{self._slot_size} bytes per packet: create it with a larger slot_size"
+                )
+            self._stamp += 1
+            if self._pending is not None:  # the server is away: the thread publishes the newest
+                self._pending = (self._stamp, encoded)
+                return
+            try:
+                self._publish(link, self._stamp, encoded)
+            except Exception as exc:
+                if not R.transient(exc):
+                    raise
+                self._log(f"lost the server ({exc}); publishing in the background")
+                self._pending = (self._stamp, encoded)
+                self._cond.notify_all()
+
+    def _publish(self, link: R.Link, stamp: int, value: bytes | None) -> None:
+        """Publish ``value`` (or only check in); the stamp makes a retried publication land once."""
+        try:
+            if value is None:
+                reply = self._beat(link)
+            else:
+                args: list[Any] = [self._member, self._created, stamp, value, R.ALIVE_MS, self._info]
+                reply = link.publish_script(keys=self._keys(), args=args)
+        except Exception as exc:
+            if R.transient(exc):
+                raise
+            raise R.describe(exc, link.server) from exc
+        if R.decode_text(reply[0]) == "gone":
+            raise self._removed()
+        self._required = int(reply[1])
+        if value is not None:
+            self._sent += 1  # under the mutex, or by the thread while send() only queues
+
+    def _republish(self, stopping: threading.Event) -> None:
+        """The background thread: publish what send() could not, and check in every second.
+
+        It talks to the server without holding the mutex, so send() never waits for it;
+        while a value is pending, send() only replaces it, which keeps publications in order.
+        """
+        link = self._link
+        assert link is not None
+        attempt = 0
+        while True:
+            with self._mutex:
+                if self._pending is None and not stopping.is_set():
+                    self._cond.wait(R.BEAT_INTERVAL)
+                pending = self._pending
+                if stopping.is_set() and pending is None:
+                    return
+            try:
+                self._publish(link, *(pending or (0, None)))
+            except Exception as exc:
+                if not R.transient(exc):
+                    raise
+                if stopping.is_set():
+                    return
+                retry_wait(stopping, attempt)
+                attempt += 1
+                continue
+            attempt = 0
+            if pending is not None:
+                with self._mutex:
+                    if self._pending is pending:
+                        self._pending = None
+                        self._cond.notify_all()
+                self._log("published after reconnecting")
+
+
+class RedisFastReceiver(RedisEndpoint, FastReceiver):
+    """:class:`FastReceiver` over Redis: ``receive()`` reads the newest entry after the last one seen.
+
+    It checks in with each ``receive()``, so a receiver shows as alive while it
+    calls ``receive()`` at least every 5 s (Fast receivers never hold anyone back).
+    """
+
+    _model_name = "fast"
+
+    def __init__(
+        self,
+        name: str,
+        debug: Union[int, bool] = 0,
+        *,
+        start: str = "current",
+        slot_size: int | None = None,
+        create: bool = True,
+    ) -> None:
+        self._setup(name, debug, create)
+        if start not in ("current", "new"):
+            raise InvalidArgumentError(f"start must be 'current' or 'new', not {start!r}")
+        self._start = start
+        self._capacity = _slot_size(slot_size)
+        self._last_id = ""
+        self._returned = 0
+        self.open_connection()
+
+    def open_connection(self) -> None:
+        """Attach (creating the pipe if needed).  No-op when connected."""
+        if self._link is not None:
+            return
+        self._link, self._last_id, _ = self._join(
+            capacity="" if self._capacity is None else str(self._capacity),
+            default=str(DEFAULT_SLOT_SIZE),
+            start=self._start,
+        )
+        self._register()
+
+    def close_connection(self) -> None:
+        """Detach; a receive() waiting in another thread raises :class:`PipeClosedError`.  Idempotent."""
+        link, self._link = self._link, None
+        if link is None:
+            return
+        try:
+            link.client.connection_pool.disconnect()  # wakes a receive() blocked in another thread
+        except Exception:
+            pass
+        self._leave(link)
+
+    def _pending_and_packets(self) -> tuple[int, int]:
+        return self._returned, 0
+
+    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
+        """``[newest packet]`` if a newer value was published since the last one returned, else
+        ``[]``; waits up to ``timeout`` for one (see :meth:`FastReceiver.receive`).  While the
+        server cannot be reached it keeps trying until the timeout, then returns ``[]``."""
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        attempt = 0
+        key = self._keys()[1]
+        while True:
+            link = self._require_link()
+            remaining = None if deadline is None else deadline - time.monotonic()
+            block = R.BLOCK_MS if remaining is None else min(R.BLOCK_MS, int(remaining * 1000))
+            try:
+                pipe = link.client.pipeline(transaction=False)
+                self._beat(link, pipe, "", str(self._returned))
+                pipe.xread({key: self._last_id}, count=1, block=block if block > 0 else None)
+                beat, entries = pipe.execute()
+            except Exception as exc:
+                self._require_link()  # closed from another thread: that is why
+                if R.missing_script(exc):
+                    link.reload_scripts()
+                    continue
+                if not R.transient(exc):
+                    raise R.describe(exc, link.server) from exc
+                self._log(f"lost the server ({exc}); retrying")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return []
+                pause = R.backoff(attempt)
+                time.sleep(pause if remaining is None else min(pause, remaining))
+                attempt += 1
+                continue
+            attempt = 0
+            if R.decode_text(beat[0]) == "gone":
+                raise self._removed()
+            found = R.read_entries(entries)
+            if found:
+                entry_id, fields = found[-1]
+                self._last_id = R.decode_text(entry_id)
+                self._returned += 1
+                try:
+                    return [_codec.decode(fields.get(b"d", b""))]
+                except CorruptPacketError as exc:
+                    raise CorruptPacketError(f"pipe {self._shown!r}: {exc}") from None
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+
+    def __iter__(self) -> Iterator[Packet]:
+        """Yield each new value as it is published, until the receiver is closed."""
+        while True:
+            try:
+                batch = self.receive(timeout=None)
+            except PipeClosedError:
+                return
+            yield from batch
