@@ -4,6 +4,10 @@ Every test gets ``make_name()`` for pipe names no other test (or earlier run)
 uses; at teardown each of those pipes is removed with ``force=True``.  The
 autouse leak guard then fails the test if ``/dev/shm`` or PipeBit's per-user
 lock directory holds anything that was not there before it ran.
+
+A test marked ``@both_transports`` (from ``tests/redis_server.py``) runs twice:
+its names are plain (shared memory), then ``redis://`` URLs on the session's
+Redis server, whose guard fails the test if it leaves keys behind.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ import pytest
 import pipebit
 from pipebit import _shm
 
+from .redis_server import RedisServer, redis_keys_guard, redis_server  # noqa: F401 - fixtures: importing registers them
+
 _counter = itertools.count()
 SHM = Path("/dev/shm")
+
+# A developer's PIPEBIT_URL would move every plain-named pipe of the suite (and of
+# its child processes) to that Redis server; tests that want it set it themselves.
+os.environ.pop("PIPEBIT_URL", None)
 
 
 def _shm_entries() -> set[str]:
@@ -37,14 +47,22 @@ def _shm_entries() -> set[str]:
 
 
 @pytest.fixture
-def make_name() -> Iterator[Callable[[], str]]:
-    """A factory of unique pipe names; the pipes are removed at teardown."""
+def transport(request: pytest.FixtureRequest) -> str:
+    """``"shm"``, or ``"redis"`` for tests marked ``@both_transports`` in their second run."""
+    return str(getattr(request, "param", "shm"))
+
+
+@pytest.fixture
+def make_name(transport: str, request: pytest.FixtureRequest) -> Iterator[Callable[[], str]]:
+    """A factory of unique pipe names (URLs on the test Redis server, for that transport);
+    the pipes are removed at teardown."""
     names: list[str] = []
+    server: RedisServer | None = request.getfixturevalue("redis_keys_guard") if transport == "redis" else None
 
     def make() -> str:
         name = f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:8]}"
-        names.append(name)
-        return name
+        names.append(name if server is None else server.pipe_url(name))
+        return names[-1]
 
     yield make
     for name in names:

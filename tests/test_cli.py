@@ -21,6 +21,7 @@ import pipebit
 from pipebit import _shm
 
 from .conftest import Reaper
+from .redis_server import both_transports
 
 COMMAND = [sys.executable, "-m", "pipebit"]
 
@@ -202,6 +203,7 @@ def test_stat_shows_receiver_lag_and_a_killed_receiver_as_dead(name: str, reaper
 
 
 # --------------------------------------------------------------------------- tail
+@both_transports
 def test_tail_prints_new_packets_and_detaches_on_sigint(name: str, reaper: Reaper) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         sender.send(["retained"])
@@ -218,6 +220,7 @@ def test_tail_prints_new_packets_and_detaches_on_sigint(name: str, reaper: Reape
     assert not any(p.role == "receiver" for p in pipebit.pipe_stats(name).participants)
 
 
+@both_transports
 def test_tail_n_prints_the_last_k_retained_then_new_ones(name: str, reaper: Reaper) -> None:
     stale_pipe(reaper, name, 10)
     tail = Cli(reaper, "tail", "-n", "3", name)
@@ -228,6 +231,7 @@ def test_tail_n_prints_the_last_k_retained_then_new_ones(name: str, reaper: Reap
     assert tail.interrupt() == (0, "")
 
 
+@both_transports
 def test_tail_n_while_a_sender_sends_loses_and_repeats_nothing(name: str, reaper: Reaper) -> None:
     sender = Cli(reaper, name, script=STEADY_SENDER)
     assert sender.take(1) == ["ready"]
@@ -238,6 +242,7 @@ def test_tail_n_while_a_sender_sends_loses_and_repeats_nothing(name: str, reaper
     assert tail.interrupt() == (0, "")
 
 
+@both_transports
 def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         sender.send([1, 2.5, "s", b"\x00\xff", None, {"k": [True]}])
@@ -251,6 +256,7 @@ def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
     assert tail.interrupt() == (0, "")
 
 
+@both_transports
 def test_tail_on_a_fast_pipe(name: str, reaper: Reaper) -> None:
     with pipebit.FastSender(name, 0) as sender:
         sender.send(["v", 1])
@@ -267,6 +273,7 @@ def test_tail_on_a_fast_pipe(name: str, reaper: Reaper) -> None:
 
 
 # --------------------------------------------------------------------------- send
+@both_transports
 def test_send_delivers_packets_in_order(name: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
         result = run("send", name, '[1, "a"]', '[2, {"$bytes": "AAE="}]', "[3.5, null, true, {}]", "[]")
@@ -278,6 +285,7 @@ def test_send_delivers_packets_in_order(name: str) -> None:
     assert got == [[1, "a"], [2, b"\x00\x01"], [3.5, None, True, {}], []]
 
 
+@both_transports
 def test_send_to_a_fast_pipe_publishes_the_last_value(name: str) -> None:
     with pipebit.FastReceiver(name, 0) as receiver:
         assert run("send", name, "[1]", '["last"]').returncode == 0
@@ -320,6 +328,7 @@ def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: 
         assert pipebit.pipe_stats(name).packets_written == 0
 
 
+@both_transports
 @pytest.mark.parametrize(
     "args", [("send", "{}", "[1]"), ("stat", "{}"), ("tail", "{}"), ("hz", "{}", "--count", "1"), ("rm", "{}")]
 )
@@ -344,6 +353,7 @@ def test_rm_removes_the_segment_semaphores_and_lock_files(name: str) -> None:
     assert pipe_files(name) == []
 
 
+@both_transports
 def test_rm_refuses_while_a_receiver_is_attached_unless_forced(name: str, reaper: Reaper) -> None:
     holder = Cli(reaper, name, script=HOLD_RECEIVER)
     assert holder.take(1) == ["ready"]
@@ -378,6 +388,7 @@ def test_clean_removes_stale_pipes_and_keeps_live_ones(make_name: Callable[[], s
 
 
 # --------------------------------------------------------------------------- hz, help
+@both_transports
 def test_hz_prints_a_positive_rate_while_a_sender_sends(name: str, reaper: Reaper) -> None:
     sender = Cli(reaper, name, script=STEADY_SENDER)
     assert sender.take(1) == ["ready"]

@@ -23,6 +23,7 @@ from pipebit import _layout as L
 
 from .conftest import Reaper
 from .helpers import Child, proc_state, segment_path, wait_until
+from .redis_server import both_transports
 
 # --------------------------------------------------------------------------- helpers
 
@@ -222,6 +223,7 @@ if sys.argv[2] == "abrupt":
 """
 
 
+@both_transports
 @pytest.mark.parametrize("ending", ["normal", "abrupt"])
 def test_value_persists_after_the_sender_exits(name: str, reaper: Reaper, ending: str) -> None:
     child = Child(reaper, SEND_ONE_AND_END, name, ending)
@@ -234,6 +236,7 @@ def test_value_persists_after_the_sender_exits(name: str, reaper: Reaper, ending
         assert later.receive(timeout=0) == []
 
 
+@both_transports
 def test_late_joiner_gets_only_the_current_value(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender:
         for i in range(5):
@@ -246,6 +249,7 @@ def test_late_joiner_gets_only_the_current_value(name: str) -> None:
 
 
 # ------------------------------------------------------------- 4. override and size
+@both_transports
 def test_override_clears_the_value_and_no_override_keeps_it(name: str) -> None:
     with pipebit.FastSender(name, 0) as first:
         first.send(["kept"])
@@ -260,6 +264,7 @@ def test_override_clears_the_value_and_no_override_keeps_it(name: str) -> None:
         assert receiver.receive(timeout=0) == [["new"]]
 
 
+@both_transports
 def test_override_applies_size_and_later_senders_follow_the_pipe(name: str, make_name: Callable[[], str]) -> None:
     with pipebit.FastSender(name, 0) as first:
         first.send([1, 2])
@@ -286,6 +291,7 @@ def test_override_applies_size_and_later_senders_follow_the_pipe(name: str, make
 
 
 # ----------------------------------------------------------------- 5. several senders
+@both_transports
 def test_last_write_wins_between_senders(name: str) -> None:
     with pipebit.FastSender(name, 0) as a, pipebit.FastSender(name, 0) as b, pipebit.FastReceiver(name, 0) as receiver:
         for i in range(200):
@@ -330,6 +336,7 @@ def test_eight_senders_fit_a_ninth_is_refused_until_one_leaves(name: str) -> Non
 
 
 # ------------------------------------------------------------------ 6. model mismatch
+@both_transports
 def test_fast_endpoints_refuse_a_safe_pipe(name: str) -> None:
     with pipebit.SafeSender(name, 0) as safe:
         safe.send(["safe"])
@@ -347,6 +354,7 @@ def test_fast_endpoints_refuse_a_safe_pipe(name: str) -> None:
     pipebit.remove(name)  # no participant was left behind (remove without force refuses live ones)
 
 
+@both_transports
 def test_safe_endpoints_refuse_a_fast_pipe(name: str) -> None:
     with pipebit.FastSender(name, 0) as fast:
         fast.send(["fast"])
@@ -409,6 +417,7 @@ def test_small_documented_slot_sizes_work(name: str, slot_size: int) -> None:
             sender.send([b"s" * limit])
 
 
+@both_transports
 def test_unsupported_values_raise_in_send_and_publish_nothing(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender, pipebit.FastReceiver(name, 0) as receiver:
         sender.send(["ok"])
@@ -421,6 +430,7 @@ def test_unsupported_values_raise_in_send_and_publish_nothing(name: str) -> None
         assert receiver.receive(timeout=0) == [["still works"]]
 
 
+@both_transports
 def test_send_takes_a_snapshot(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender, pipebit.FastReceiver(name, 0) as receiver:
         packet: list[Any] = [1, [2, 3], {"k": "v"}]
@@ -550,6 +560,7 @@ def test_idle_receive_loop_costs_no_cpu_and_wakes_fast(name: str, reaper: Reaper
 
 
 # ----------------------------------------------------- 10. receive(), close, iteration, fork
+@both_transports
 def test_receive_none_waits_for_a_send_from_another_thread(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender, pipebit.FastReceiver(name, 0) as receiver:
         timer = threading.Timer(0.3, sender.send, args=(["late"],))
@@ -801,6 +812,7 @@ def test_hostile_bytes_in_the_published_buffer(
         assert name in first_detail, f"the CorruptPacketError does not name the pipe: {first_detail}"
 
 
+@both_transports
 def test_start_new_skips_the_value_published_before_attaching(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender:
         sender.send(["before"])

@@ -16,6 +16,7 @@ from pipebit import _shm
 
 from .conftest import Reaper
 from .helpers import receive_n
+from .redis_server import both_transports
 
 # Child programs take the pipe name as argv[1] and report on stdout.
 SEND_RANGE = """
@@ -46,6 +47,7 @@ def wait_line(child: Any, expected: str, timeout: float = 30) -> None:
     assert line == expected, f"child said {line!r}; stderr: {child.stderr.read() if child.poll() is not None else ''}"
 
 
+@both_transports
 def test_order_and_exactly_once_across_processes(name: str, reaper: Reaper) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
         child = reaper.spawn(SEND_RANGE, name, "0", "20000")
@@ -56,6 +58,7 @@ def test_order_and_exactly_once_across_processes(name: str, reaper: Reaper) -> N
     assert got == [[i] for i in range(20000)]
 
 
+@both_transports
 def test_every_receiver_gets_every_packet(name: str, reaper: Reaper) -> None:
     children = [reaper.spawn(RECEIVE_COUNT, name, "5000") for _ in range(3)]
     for child in children:
@@ -68,6 +71,7 @@ def test_every_receiver_gets_every_packet(name: str, reaper: Reaper) -> None:
         assert json.loads(out) == [[i, f"v{i}"] for i in range(5000)]
 
 
+@both_transports
 def test_several_senders_keep_their_own_order(name: str, reaper: Reaper) -> None:
     per_sender = 4000
     with pipebit.SafeReceiver(name, 0) as receiver:
@@ -79,6 +83,7 @@ def test_several_senders_keep_their_own_order(name: str, reaper: Reaper) -> None
         assert [seq for tag, seq in got if tag == f"s{k}"] == list(range(per_sender))
 
 
+@both_transports
 def test_receiver_started_after_a_finished_sender_gets_retained_packets(name: str, reaper: Reaper) -> None:
     child = reaper.spawn(SEND_RANGE, name, "0", "50")
     assert child.wait(30) == 0
@@ -87,6 +92,7 @@ def test_receiver_started_after_a_finished_sender_gets_retained_packets(name: st
         assert receiver.receive(timeout=0.2) == []
 
 
+@both_transports
 def test_receiver_started_first_gets_packets_of_a_later_sender(name: str, reaper: Reaper) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
         assert receiver.receive(timeout=0.2) == []
@@ -95,6 +101,7 @@ def test_receiver_started_first_gets_packets_of_a_later_sender(name: str, reaper
         assert child.wait(30) == 0
 
 
+@both_transports
 def test_start_new_skips_retained_packets(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         sender.send(["old"])
@@ -104,6 +111,7 @@ def test_start_new_skips_retained_packets(name: str) -> None:
             assert receive_n(receiver, 1) == [["new"]]
 
 
+@both_transports
 def test_retention_keeps_the_newest_packets_that_fit(name: str) -> None:
     with pipebit.SafeSender(name, 0, capacity=8192) as sender:
         for i in range(3000):
@@ -121,6 +129,7 @@ def test_retention_keeps_the_newest_packets_that_fit(name: str) -> None:
     assert seqs == list(range(3000 - len(seqs), 3000))  # a contiguous, newest suffix
 
 
+@both_transports
 def test_attached_receiver_loses_nothing_through_a_small_ring(name: str) -> None:
     with pipebit.SafeReceiver(name, 0, capacity=4096) as receiver, pipebit.SafeSender(name, 0) as sender:
         for i in range(20000):
@@ -139,6 +148,7 @@ def test_packets_up_to_the_ring_size_cross_the_wrap(name: str) -> None:
     assert got == [[n, bytes([n]) * size] for n, size in enumerate(sizes)]
 
 
+@both_transports
 def test_override_discards_retained_packets_and_applies_size(name: str) -> None:
     with pipebit.BitPackSender(name, 0, False) as first:
         first.send([1, 2])
@@ -154,6 +164,7 @@ def test_override_discards_retained_packets_and_applies_size(name: str) -> None:
             assert receive_n(late, 1) == [[7, 8, 9]]  # [1, 2] is gone for good
 
 
+@both_transports
 def test_no_override_keeps_the_pipe_its_size_and_its_packets(name: str) -> None:
     with pipebit.BitPackSender(name, 2, True) as first:
         first.send(["a", 1])
@@ -167,6 +178,7 @@ def test_no_override_keeps_the_pipe_its_size_and_its_packets(name: str) -> None:
         assert receive_n(receiver, 2) == [["a", 1], ["b", 2]]
 
 
+@both_transports
 def test_override_with_another_capacity_needs_an_idle_pipe(name: str) -> None:
     with pipebit.SafeReceiver(name, 0), pytest.raises(pipebit.PipeBusyError, match="live"):
         pipebit.SafeSender(name, 0, override=True, capacity=65536)
@@ -174,6 +186,7 @@ def test_override_with_another_capacity_needs_an_idle_pipe(name: str) -> None:
         assert "capacity=65536" in repr(sender)
 
 
+@both_transports
 def test_reconnecting_receiver_resumes_where_it_stopped(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         receiver = pipebit.SafeReceiver(name, 0)
@@ -190,6 +203,7 @@ def test_reconnecting_receiver_resumes_where_it_stopped(name: str) -> None:
             receiver.close_connection()
 
 
+@both_transports
 def test_iteration_ends_when_the_receiver_is_closed(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         receiver = pipebit.SafeReceiver(name, 0)
