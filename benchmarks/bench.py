@@ -36,12 +36,13 @@ from functools import partial
 from typing import Any, Callable
 
 import peers
+import redis_bench
 import report
 import workers
 
 import pipebit
 
-SCENARIOS = ("throughput", "fanout", "bandwidth", "latency", "latest", "memory")
+SCENARIOS = ("throughput", "fanout", "bandwidth", "latency", "latest", "memory", "redis")
 
 THROUGHPUT_PEERS = (peers.PIPEBIT_SAFE, peers.MP_QUEUE, peers.MP_PIPE, peers.ZMQ_PUSH_PULL, peers.FASTER_FIFO)
 FANOUT_PEERS = (peers.PIPEBIT_SAFE, peers.MP_QUEUE, peers.ZMQ_PUB_SUB, peers.ZMQ_PUB_SUB_RAISED, peers.FASTER_FIFO)
@@ -75,6 +76,7 @@ class Settings:
     warmup_round_trips: int = 1000
     warmup_latest_s: float = 0.2
     slow_consumer_s: float = 0.001  # the memory scenario's receiver handles ~1000 packets/s
+    redis_count: int = 300_000  # packets per run over Redis (and shared memory beside it)
 
 
 def settings_for(quick: bool, runs: int | None) -> Settings:
@@ -87,6 +89,7 @@ def settings_for(quick: bool, runs: int | None) -> Settings:
             round_trips=5000,
             latest_seconds=1.0,
             memory_seconds=3.0,
+            redis_count=50_000,
         )
     return Settings(quick=False, runs=runs or 3)
 
@@ -435,6 +438,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def measure_redis(settings: Settings) -> str:
+    """The Safe pipeline over Redis next to shared memory (see redis_bench.py), or why it was not measured."""
+    try:
+        return redis_bench.measure(settings.redis_count, settings.runs, with_header=False)
+    except (RuntimeError, ImportError) as exc:  # no redis-server, or no redis-py (pipebit.DependencyError)
+        return f"Not measured: {exc}."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args.quick, args.runs)
@@ -442,10 +453,15 @@ def main(argv: list[str] | None = None) -> int:
     environment = report.environment(settings)
     started = time.monotonic()
     measurements: list[Measurement] = []
+    redis_section: str | None = None
     workdir = tempfile.mkdtemp(prefix="pipebit-bench-")  # ZeroMQ's ipc:// socket files
     try:
         harness = Harness(settings, workdir)
         for scenario in selected:
+            if scenario == "redis":
+                print(f"[{time.monotonic() - started:6.1f}s] redis: shared memory and Redis", file=sys.stderr)
+                redis_section = measure_redis(settings)
+                continue
             for run in range(1, settings.runs + 1):
                 for label, measure in scenario_steps(harness, scenario):
                     print(f"[{time.monotonic() - started:6.1f}s] {scenario} run {run}: {label}", file=sys.stderr)
@@ -462,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     at_start = [label for label, _ in environment].index("load average at start")
     environment.insert(at_start + 1, ("load average at end", f"{load} (other work on the machine shows here)"))
-    text = report.render(environment, settings, measurements, elapsed, chart="benchmarks.png")
+    text = report.render(environment, settings, measurements, elapsed, chart="benchmarks.png", redis=redis_section)
     print(text)
     if args.write_docs:
         docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")

@@ -174,6 +174,12 @@ COSTS = """\
   receiver caches up to `max_cached` decoded packets (65536) ahead of `receive()`.
 """
 
+REDIS_NOTE = (
+    "One sender, 1 or 4 receiver processes, each checking every packet; the rate is per receiver, from the "
+    "first send() to the slowest receiver's last packet. Same classes, the pipe named by a `redis://` URL. "
+    "`benchmarks/redis_bench.py` runs this section alone."
+)
+
 TARGET_NOTE = (
     "Targets come from the benchmark issue. 'A few MB' is read as at most 5 MB. The Fast targets are judged "
     "with 3 readers attached and polling (the harder case on this 2-core machine)."
@@ -424,9 +430,16 @@ def targets(summaries: dict[tuple[str, str], Summary]) -> list[Target]:
 
 
 def render(
-    env: list[tuple[str, str]], settings: Settings, measurements: list[Measurement], elapsed: float, chart: str
+    env: list[tuple[str, str]],
+    settings: Settings,
+    measurements: list[Measurement],
+    elapsed: float,
+    chart: str,
+    *,
+    redis: str | None = None,
 ) -> str:
-    """The whole report, in markdown: header, targets, one table per scenario, chart, method."""
+    """The whole report, in markdown: header, targets, one table per scenario, the Redis
+    section (its own table, when measured), chart, method."""
     summaries = summarize(measurements)
     minutes, seconds = divmod(round(elapsed), 60)
     lines = [
@@ -456,6 +469,9 @@ def render(
     lines += ["", "## Results", ""]
     for scenario in TABLES:
         lines += scenario_table(scenario, settings, summaries)
+    if redis is not None:
+        lines += ["### 7. Over Redis: the Safe pipeline on a Redis server on loopback, beside shared memory", ""]
+        lines += [REDIS_NOTE, "", redis, ""]
     lines += [f"![PipeBit benchmarks chart]({chart})", "", "## Where PipeBit's time and memory go", "", COSTS]
     lines += ["## Method", ""]
     lines.append(
