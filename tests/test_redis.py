@@ -245,6 +245,24 @@ print("got", json.dumps([p[0] for p in got]), flush=True)
         assert child.expect_json("got", 120) == list(range(20000))
 
 
+def test_reading_ahead_stops_at_max_cached_bytes(url: str) -> None:
+    # 8 KiB packets, the application never calling receive(): the thread caches about
+    # max_cached_bytes, plus at most one stream entry it overshoots with (a batch of up to
+    # a quarter of the capacity: 8 packets here), not all 30.
+    packet_bytes = 8 << 10
+    with (
+        pipebit.SafeReceiver(url, 0, capacity=256 << 10, max_cached_bytes=32 << 10) as receiver,
+        pipebit.SafeSender(url, 0) as sender,
+    ):
+        for i in range(30):
+            sender.send([i, b"x" * packet_bytes], timeout=30)
+        sender.flush(timeout=30)
+        time.sleep(1.5)  # the thread has had every chance to read more
+        assert 0 < receiver.stats().pending <= 32 // 8 + 8
+        got = receive_n(receiver, 30)
+    assert [p[0] for p in got] == list(range(30))
+
+
 def test_a_receiver_cut_off_past_its_expiry_is_told_what_it_lost(url: str, reaper: Reaper) -> None:
     code = """
 import sys, pipebit
