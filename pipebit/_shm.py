@@ -120,6 +120,9 @@ def open_lock_file(path: Path, *, create: bool = True) -> int:
         raise _os_error(f"cannot open lock file {path}", exc) from exc
 
 
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # MAP_POPULATE: Linux, Python 3.10+
+
+
 class Segment:
     """A mapped shared-memory segment.  ``close()`` unmaps it; it never unlinks."""
 
@@ -128,7 +131,11 @@ class Segment:
     def __init__(self, os_name: str, fd: int) -> None:
         self.os_name = os_name
         self.size = os.fstat(fd).st_size
-        self.buf: mmap.mmap | None = mmap.mmap(fd, self.size) if self.size else None
+        # The pages were allocated when the segment was made (see _reserve); mapping
+        # them all now, rather than one page fault at a time on first touch, keeps
+        # faults off the send and receive paths and makes RSS show the segment from
+        # the start instead of creeping up as the ring fills.
+        self.buf: mmap.mmap | None = mmap.mmap(fd, self.size, flags=_MAP_FLAGS) if self.size else None
         self.view = memoryview(self.buf) if self.buf is not None else memoryview(b"")
 
     def close(self) -> None:
