@@ -57,6 +57,20 @@ def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     return float(timeout)
 
 
+MAX_SPIN = 1.0  # seconds: the longest a receiver may be asked to poll before sleeping
+
+
+def check_spin(spin: object) -> float | None:
+    """A receiver's ``spin``: ``"auto"`` (returned as ``None``) or seconds from 0 to :data:`MAX_SPIN`."""
+    if spin == "auto":
+        return None
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
+        raise ArgumentTypeError(f"spin must be 'auto' or a number of seconds, not {type(spin).__name__!r}")
+    if not 0 <= spin <= MAX_SPIN:  # NaN fails this too
+        raise InvalidArgumentError(f"spin must be 'auto' or a number of seconds from 0 to {MAX_SPIN}, not {spin!r}")
+    return float(spin)
+
+
 def check_count(value: object, what: str, *, minimum: int, maximum: int | None = None) -> int:
     """An int argument within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int):

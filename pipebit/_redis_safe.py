@@ -30,7 +30,7 @@ from typing import Any, Iterator, List, Union
 from . import _codec
 from . import _layout as L
 from . import _redis as R
-from ._endpoint import check_capacity, check_count, check_timeout
+from ._endpoint import check_capacity, check_count, check_spin, check_timeout
 from ._pipe import DEFAULT_CAPACITY
 from ._redis_base import RedisEndpoint, retry_wait
 from ._ring import MAX_RECORD_PACKETS as MAX_BATCH  # packets per stream entry: bounds a receiver's read-ahead
@@ -50,7 +50,6 @@ from .safe import (
     DEFAULT_MAX_CACHED_BYTES,
     DEFAULT_QUEUE_SIZE,
     DEFAULT_RECEIVE_TIMEOUT,
-    MAX_SPIN,
     QUEUE_BYTES,
     SafeReceiver,
     SafeSender,
@@ -327,12 +326,10 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
         create: bool = True,
-        spin: float = 0.0,
+        spin: Union[float, str] = "auto",
     ) -> None:
         self._setup(name, debug, create)
-        spin_s = check_timeout(spin, "spin")  # accepted as on shared memory; a network read never spins
-        if spin_s is None or spin_s > MAX_SPIN:
-            raise InvalidArgumentError(f"spin must be a number of seconds from 0 to {MAX_SPIN}, not {spin!r}")
+        check_spin(spin)  # accepted as on shared memory; a network read never spins
         if start not in ("oldest", "new"):
             raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
         self._start = start

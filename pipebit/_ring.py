@@ -269,6 +269,10 @@ class RingReader:
         """Whether committed records are waiting to be read."""
         return self.pipe.header[L.HEAD] != self.cursor
 
+    def last_write_ns(self) -> int:
+        """When the newest record was committed (``time.time_ns()`` of the writer)."""
+        return int(self.pipe.header[L.LAST_WRITE_NS])
+
     def read(self, limit: int, byte_limit: int = 1 << 62) -> list[Any]:
         """Decode the committed records after the cursor -- whole records, until ``limit``
         packets or ``byte_limit`` bytes of records are reached -- and advance past them.

@@ -32,7 +32,7 @@ from typing import Any, Iterator, List, Union
 
 from . import _codec
 from . import _layout as L
-from ._endpoint import Endpoint, check_capacity, check_count, check_timeout
+from ._endpoint import Endpoint, check_capacity, check_count, check_spin, check_timeout
 from ._ring import MAX_RECORD_PACKETS, Aborted, RingReader, RingWriter, max_packet_bytes, start_position
 from ._worker import Worker
 from .errors import (
@@ -65,7 +65,9 @@ SLEEP_SLICE = 2.0
 # After a receive() call returns, the caching thread leaves the ring to the
 # application for this long, so a receive() loop reads with no thread hand-off.
 HANDBACK = 0.02
-MAX_SPIN = 1.0
+# spin="auto": receive() polls up to this long before sleeping, but only while the
+# packets it waited for came within this long (see SafeReceiver._read_ring).
+AUTO_SPIN_NS = 50_000
 
 
 class SafeSender(Endpoint):
@@ -396,10 +398,14 @@ class SafeReceiver(Endpoint):
       most one ``receive()`` reads from the ring at once.
     * ``max_cached_bytes`` -- the same bound in bytes (as the packets take in the
       ring; default 64 MiB), so that big packets cannot fill memory either.
-    * ``spin`` -- seconds ``receive()`` polls for a packet before it goes to
-      sleep (default ``0``).  Polling saves the ~25 microseconds of waking a
-      sleeping process, at the cost of a busy core while it lasts: for
-      request/reply traffic where latency matters more than CPU.
+    * ``spin`` -- how long a waiting ``receive()`` polls the ring before it goes
+      to sleep.  ``"auto"`` (default): up to 50 microseconds, and only while the
+      packets it waited for came that quickly (a request/reply exchange), so
+      an idle receiver or a sparse stream sleeps at once.  ``0``: always sleep
+      at once.  A number of seconds (up to 1): always poll that long, for
+      latency-critical traffic with longer gaps, at the cost of a busy core
+      while it lasts.  Polling saves the tens of microseconds of waking a
+      sleeping process.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
       instead of being created.
 
@@ -422,7 +428,7 @@ class SafeReceiver(Endpoint):
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
-        spin: float = 0.0,
+        spin: Union[float, str] = "auto",
         create: bool = True,
     ) -> None:
         super().__init__(name, debug, create)
@@ -432,10 +438,8 @@ class SafeReceiver(Endpoint):
         self._capacity = check_capacity(capacity)
         self._max_cached = check_count(max_cached, "max_cached", minimum=1)
         self._max_cached_bytes = check_count(max_cached_bytes, "max_cached_bytes", minimum=1)
-        spin_s = check_timeout(spin, "spin")
-        if spin_s is None or spin_s > MAX_SPIN:
-            raise InvalidArgumentError(f"spin must be a number of seconds from 0 to {MAX_SPIN}, not {spin!r}")
-        self._spin = spin_s
+        self._spin = check_spin(spin)  # None: "auto"
+        self._quick = False  # "auto": the last packet waited for came within AUTO_SPIN_NS
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
         self._cache: list[Packet] = []
@@ -593,16 +597,29 @@ class SafeReceiver(Endpoint):
                 return packets
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                self._quick = False
                 return []
-            if self._spin and self._poll(reader, remaining):
+            spin = self._spin
+            if spin is None:  # "auto": poll only while polling has been paying off
+                if self._quick:
+                    if self._poll(reader, AUTO_SPIN_NS / 1e9, remaining):
+                        continue
+                    self._quick = False
+                waited_from = time.time_ns()
+                if reader.wait(SLEEP_SLICE if remaining is None else min(remaining, SLEEP_SLICE)):
+                    # Would polling have caught it?  The ring says when the newest record went in.
+                    self._quick = reader.last_write_ns() - waited_from <= AUTO_SPIN_NS
+                continue
+            if spin and self._poll(reader, spin, remaining):
                 continue
             reader.wait(SLEEP_SLICE if remaining is None else min(remaining, SLEEP_SLICE))
 
-    def _poll(self, reader: RingReader, remaining: float | None) -> bool:
+    @staticmethod
+    def _poll(reader: RingReader, spin: float, remaining: float | None) -> bool:
         """Watch the ring for up to ``spin`` seconds; ``True`` if a record arrived."""
-        until = time.perf_counter() + (self._spin if remaining is None else min(self._spin, remaining))
-        available = reader.available
         clock = time.perf_counter
+        until = clock() + (spin if remaining is None else min(spin, remaining))
+        available = reader.available
         while clock() < until:
             if available():
                 return True

@@ -6,7 +6,8 @@
 * A waiting ``receive()`` reads (and sleeps on) the ring itself; while the
   application is away from ``receive()``, the caching thread reads ahead, so a
   busy application does not hold senders back.
-* ``spin=`` makes ``receive()`` poll before it sleeps.
+* ``spin=`` makes ``receive()`` poll before it sleeps; ``"auto"`` (the default)
+  polls briefly only while packets come quickly, and an idle receiver sleeps.
 """
 
 from __future__ import annotations
@@ -177,10 +178,12 @@ def test_a_spinning_receiver_gets_every_packet(name: str, reaper: Reaper) -> Non
     ("spin", "error"),
     [
         (-0.1, pipebit.InvalidArgumentError),
-        (None, pipebit.InvalidArgumentError),
+        (None, pipebit.ArgumentTypeError),
         (2.0, pipebit.InvalidArgumentError),
         (float("nan"), pipebit.InvalidArgumentError),
         ("0.001", pipebit.ArgumentTypeError),
+        ("fast", pipebit.ArgumentTypeError),
+        (True, pipebit.ArgumentTypeError),
     ],
 )
 def test_bad_spin_is_refused(name: str, spin: Any, error: type[Exception]) -> None:
@@ -207,3 +210,48 @@ def test_reading_ahead_stops_at_max_cached_bytes(name: str) -> None:
         assert sender.stats().pending > 0
         got = receive_n(receiver, 20)
     assert [p[0] for p in got] == list(range(20))
+
+
+ECHO = """
+import sys, pipebit
+name = sys.argv[1]
+inbound = pipebit.SafeReceiver(name + "-ping", 0, start="new")
+outbound = pipebit.SafeSender(name + "-pong", 0)
+print("ready", flush=True)
+while True:
+    for packet in inbound.receive(timeout=None):
+        if packet[0] < 0:
+            outbound.close_connection()
+            inbound.close_connection()
+            print("done", flush=True)
+            sys.exit(0)
+        outbound.send(packet)
+"""
+
+
+def test_auto_spin_answers_every_ping_and_sleeps_once_traffic_stops(name: str, reaper: Reaper) -> None:
+    # Quick request/reply traffic is what makes spin="auto" poll; the replies must all
+    # come back in order, and once traffic stops a waiting receive() must go to sleep
+    # rather than keep polling: a second of waiting costs next to no CPU.
+    try:
+        with (
+            pipebit.SafeReceiver(name + "-pong", 0) as replies,
+            pipebit.SafeSender(name + "-ping", 0) as requests,
+        ):
+            child = Child(reaper, ECHO, name)
+            child.expect("ready", 30)
+            for i in range(2000):
+                requests.send([i, "ping"])
+                assert receive_n(replies, 1, timeout=30) == [[i, "ping"]]
+            cpu_before = time.thread_time()
+            assert replies.receive(timeout=1.0) == []
+            waiting_cpu = time.thread_time() - cpu_before
+            requests.send([-1])
+            child.expect("done", 30)
+    finally:
+        for pipe in (name + "-ping", name + "-pong"):
+            try:
+                pipebit.remove(pipe, force=True)
+            except pipebit.PipeNotFoundError:
+                pass
+    assert waiting_cpu < 0.1, f"an idle receive(timeout=1.0) used {waiting_cpu:.3f} s of CPU"
