@@ -148,6 +148,7 @@ class SafeSender(Endpoint):
             self._max_packet = max_packet_bytes(pipe.capacity)
             self._batch_bytes = max(self._max_packet // 4, 1)
             self._queue_bytes = min(pipe.capacity, QUEUE_BYTES)  # one bigger packet still fits when empty
+            self._fast_bytes = min(self._queue_bytes, self._max_packet)  # send()'s one byte check
             self._abort.clear()
             self._worker = Worker(f"pipebit-{self._name}-sender", self._deliver)
             self._pipe = pipe
@@ -241,26 +242,38 @@ class SafeSender(Endpoint):
                 if error is exc:
                     raise
                 raise error from exc
-            n = len(encoded)
-            if n > self._max_packet:
-                raise PacketSizeError(
-                    f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
-                    "bytes per packet: create the pipe with a larger capacity"
-                )
+            queued = self._queued_bytes + len(encoded)
             queue = self._queue
-            if queue:
-                if len(queue) >= self._queue_size or self._queued_bytes + n > self._queue_bytes:
-                    self._wait_for_room(n, timeout)
-                    queue = self._queue
-            elif self._worker_idle and self._commit_sparse(encoded):
-                return
-            queue.append(encoded)
-            self._queued_bytes += n
-            if self._worker_idle:
-                self._worker_idle = False
-                self._cond.notify()
+            # The common case in a stream: the delivery thread already has work (a non-empty
+            # queue means it was woken), the queue has room, and the packet is not too big.
+            if queue and queued <= self._fast_bytes and len(queue) < self._queue_size:
+                queue.append(encoded)
+                self._queued_bytes = queued
+            else:
+                self._enqueue(encoded, timeout)
         finally:
             self._unlock()
+
+    def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
+        """send()'s other cases, under the mutex: a packet too big, a full queue, an idle thread."""
+        n = len(encoded)
+        if n > self._max_packet:
+            raise PacketSizeError(
+                f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
+                "bytes per packet: create the pipe with a larger capacity"
+            )
+        queue = self._queue
+        if queue:
+            if len(queue) >= self._queue_size or self._queued_bytes + n > self._queue_bytes:
+                self._wait_for_room(n, timeout)
+                queue = self._queue
+        elif self._worker_idle and self._commit_sparse(encoded):
+            return
+        queue.append(encoded)
+        self._queued_bytes += n
+        if self._worker_idle:
+            self._worker_idle = False
+            self._cond.notify()
 
     def _commit_sparse(self, encoded: bytes) -> bool:
         """Write a lone packet straight into the ring, if traffic is sparse and there is room.
