@@ -41,6 +41,7 @@ Packet = List[Any]
 PIPEBIT_SAFE = "PipeBit Safe"
 PIPEBIT_FAST = "PipeBit Fast"
 PIPEBIT_SPIN = "PipeBit Safe, spin"  # receivers poll up to SPIN_S before sleeping (round trip only)
+PIPEBIT_SLEEP = "PipeBit Safe, spin=0"  # receivers never poll: every wait is a sleep (round trip only)
 MP_QUEUE = "mp.Queue"
 MP_PIPE = "mp.Pipe"
 ZMQ_PUSH_PULL = "zmq PUSH/PULL"
@@ -99,7 +100,7 @@ def make_channel(
 
 def discard_channel(channel: Channel) -> None:
     """Release what the parent holds for ``channel``; remove its pipe or socket file."""
-    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_FAST):
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_SLEEP, PIPEBIT_FAST):
         try:
             pipebit.remove(channel.name, force=True)
         except pipebit.PipeNotFoundError:
@@ -133,11 +134,12 @@ class PipeBitSafeSender:
 class PipeBitSafeReceiver:
     """``SafeReceiver(start="new")``: ``receive(timeout=None)`` returns every packet waiting.
 
-    For the spin peer, ``spin=SPIN_S``: ``receive()`` polls that long before it sleeps.
+    The default ``spin="auto"``, except for the spin peer (``spin=SPIN_S``: ``receive()``
+    always polls that long before it sleeps) and the sleep peer (``spin=0``: it never polls).
     """
 
     def __init__(self, channel: Channel, index: int) -> None:
-        spin = SPIN_S if channel.peer == PIPEBIT_SPIN else 0.0
+        spin: float | str = {PIPEBIT_SPIN: SPIN_S, PIPEBIT_SLEEP: 0.0}.get(channel.peer, "auto")
         self._receiver = pipebit.SafeReceiver(channel.name, 0, start="new", capacity=channel.capacity, spin=spin)
 
     def recv(self) -> list[Packet]:
@@ -335,7 +337,7 @@ class ZmqConflateReader:
 # ------------------------------------------------------------------- dispatch
 def open_sender(channel: Channel) -> Any:
     """Open the sending end of ``channel`` in this process."""
-    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN):
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_SLEEP):
         return PipeBitSafeSender(channel)
     if channel.peer == PIPEBIT_FAST:
         return PipeBitFastSender(channel)
@@ -350,7 +352,7 @@ def open_sender(channel: Channel) -> Any:
 
 def open_receiver(channel: Channel, index: int) -> Any:
     """Open receiving end number ``index`` of ``channel`` in this process."""
-    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN):
+    if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_SLEEP):
         return PipeBitSafeReceiver(channel, index)
     if channel.peer == MP_QUEUE:
         return MpQueueReceiver(channel, index)

@@ -25,6 +25,7 @@ Guarantees
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 import warnings
@@ -59,6 +60,7 @@ STARTS = ("oldest", "new")
 SPARSE_NS = 5_000
 _ONE_PACKET = _codec.array_header(1)
 _monotonic_ns = time.monotonic_ns
+_sched_yield = getattr(os, "sched_yield", lambda: None)  # releases the GIL as well
 # The longest the caching thread sleeps before looking by itself.  Senders wake
 # it at once; this only bounds the cost of a wake-up lost to a crash.
 SLEEP_SLICE = 2.0
@@ -614,14 +616,14 @@ class SafeReceiver(Endpoint):
                 return []
             spin = self._spin
             if spin is None:  # "auto": poll only while polling has been paying off
-                if self._quick:
-                    if self._poll(reader, AUTO_SPIN_NS / 1e9, remaining):
-                        continue
-                    self._quick = False
                 waited_from = time.time_ns()
+                if self._quick and self._poll(reader, AUTO_SPIN_NS / 1e9, remaining):
+                    continue
                 if reader.wait(SLEEP_SLICE if remaining is None else min(remaining, SLEEP_SLICE)):
-                    # Would polling have caught it?  The ring says when the newest record went in.
+                    # Would a poll have caught it?  The ring says when the newest record went in.
                     self._quick = reader.last_write_ns() - waited_from <= AUTO_SPIN_NS
+                else:
+                    self._quick = False
                 continue
             if spin and self._poll(reader, spin, remaining):
                 continue
@@ -629,13 +631,20 @@ class SafeReceiver(Endpoint):
 
     @staticmethod
     def _poll(reader: RingReader, spin: float, remaining: float | None) -> bool:
-        """Watch the ring for up to ``spin`` seconds; ``True`` if a record arrived."""
+        """Watch the ring for up to ``spin`` seconds; ``True`` if a record arrived.
+
+        Each look is followed by sched_yield(2), which lets any other runnable
+        process (the very sender being waited for, on a busy machine) have the
+        CPU, and costs a microsecond or so when there is none.
+        """
         clock = time.perf_counter
         until = clock() + (spin if remaining is None else min(spin, remaining))
         available = reader.available
+        pause = _sched_yield
         while clock() < until:
             if available():
                 return True
+            pause()
         return False
 
     def _counters(self) -> tuple[int, int, int]:
