@@ -38,6 +38,8 @@ from .safe import DEFAULT_FLUSH_TIMEOUT, DEFAULT_RECEIVE_TIMEOUT
 
 Packet = List[Any]
 
+STALE_REPLY = 0.5  # s: a reply this much later than the server could have sent it is read again
+
 
 def _slot_size(slot_size: object) -> int | None:
     if slot_size is None:
@@ -292,11 +294,17 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
             link = self._require_link()
             remaining = None if deadline is None else deadline - time.monotonic()
             block = R.BLOCK_MS if remaining is None else min(R.BLOCK_MS, int(remaining * 1000))
+            asked = time.monotonic()
             try:
                 pipe = link.client.pipeline(transaction=False)
                 self._beat(link, pipe, "", str(self._returned))
                 pipe.xread({key: self._last_id}, count=1, block=block if block > 0 else None)
                 beat, entries = pipe.execute()
+                found = R.read_entries(entries)
+                if found and time.monotonic() - asked > max(block, 0) / 1000 + STALE_REPLY:
+                    # The server answers within `block`; so this process stalled (stopped, swapped
+                    # out) after the reply came, and a newer value may have been published since.
+                    found = R.read_entries(link.client.xread({key: R.decode_text(found[-1][0])}, count=1)) or found
             except Exception as exc:
                 self._require_link()  # closed from another thread: that is why
                 if R.missing_script(exc):
@@ -315,7 +323,6 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
             attempt = 0
             if R.decode_text(beat[0]) == "gone":
                 raise self._removed()
-            found = R.read_entries(entries)
             if found:
                 entry_id, fields = found[-1]
                 self._last_id = R.decode_text(entry_id)
