@@ -246,8 +246,16 @@ def describe(exc: BaseException, server: Server) -> TransportError:
     """The PipeBit error for a redis-py error talking to ``server``: whose fault, and what to check."""
     if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
         why = "authentication failed (check the user and password in the URL)"
+    elif isinstance(exc, (redis.TimeoutError, socket.timeout)) and "connecting" in str(exc).lower():
+        if server.tls:
+            why = (
+                f"no answer within {CONNECT_TIMEOUT:g}s, or no TLS handshake within {SOCKET_TIMEOUT:g}s "
+                "(is the host right, the port open, and does the server speak TLS, as rediss:// asks?)"
+            )
+        else:
+            why = f"no answer within {CONNECT_TIMEOUT:g}s (is the host right, and the port open?)"
     elif isinstance(exc, (redis.TimeoutError, socket.timeout)):
-        why = f"no answer within {CONNECT_TIMEOUT:g}s (is the host right, and the port open?)"
+        why = f"connected, but no reply within {SOCKET_TIMEOUT:g}s (is a Redis server listening on that port?)"
     elif isinstance(exc, (redis.ConnectionError, OSError)):
         why = "cannot connect (is a Redis server running there?)"
     else:
