@@ -8,21 +8,24 @@ for a server that is wrong or not there, and the seed scripts across "machines".
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import pipebit
 from pipebit import _address
 
+from . import test_api, test_backpressure, test_cli, test_exit, test_fast, test_safe
 from .conftest import Reaper
 from .helpers import Child, receive_n, wait_until
 from .redis_server import RedisServer, free_port, skip_without_redis, start_server
@@ -144,6 +147,17 @@ def test_a_host_that_does_not_answer_fails_within_the_connect_timeout() -> None:
     with pytest.raises(pipebit.TransportError):
         pipebit.FastReceiver("redis://10.255.255.1:6379/0/p", 0)  # unroutable: no answer, or no route
     assert time.monotonic() - started < 8
+
+
+def test_a_port_that_does_not_speak_redis_fails_within_the_socket_timeout() -> None:
+    skip_without_redis()
+    with socket.socket() as listener:  # accepts connections, never answers
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        started = time.monotonic()
+        with pytest.raises(pipebit.TransportError, match="no reply within 5s"):
+            pipebit.SafeSender(f"redis://127.0.0.1:{listener.getsockname()[1]}/0/p", 0)
+        assert time.monotonic() - started < 8
 
 
 def test_wrong_or_missing_password_is_an_authentication_error(tmp_path: Path) -> None:
@@ -365,6 +379,33 @@ print("done", flush=True)
         assert late.receive(timeout=0.2) == []
 
 
+STOPPED_FAST_RECEIVER = """
+import sys, pipebit
+with pipebit.FastReceiver(sys.argv[1], 0) as r:
+    print("ready", flush=True)
+    while True:
+        print("got", r.receive(timeout=None)[0][0], flush=True)
+"""
+
+
+def test_a_fast_receiver_stopped_after_the_reply_came_returns_the_newest_value(url: str, reaper: Reaper) -> None:
+    # Stopped while blocked in receive(): the server's reply (value 1) waits in its socket while
+    # 2..50 are published.  Once resumed, receive() must give the newest value, as on shared memory.
+    with pipebit.FastSender(url, 0) as sender:
+        child = Child(reaper, STOPPED_FAST_RECEIVER, url)
+        child.expect("ready", 30)
+        sender.send([0])
+        assert child.expect("got", 30) == ["0"]
+        time.sleep(0.3)  # blocked in receive() again
+        child.kill(signal.SIGSTOP)
+        time.sleep(0.3)
+        for i in range(1, 51):
+            sender.send([i])
+        time.sleep(1.5)  # longer than a blocking read: its reply is long in the socket
+        child.kill(signal.SIGCONT)
+        assert child.expect("got", 30) == ["50"]
+
+
 # ------------------------------------------------------------------- fork and exit
 def test_fork_closes_inherited_redis_endpoints_in_the_child(url: str, reaper: Reaper) -> None:
     code = """
@@ -453,3 +494,51 @@ def test_an_endpoint_of_a_removed_pipe_is_told(url: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pipebit.UndeliveredPacketsWarning)  # [1], if send() took it
             sender.close_connection()
+
+
+# ------------------------------------------- shared-memory behaviour tests, over Redis too
+# These tests of the other files hold on Redis as they are, but are written for one
+# transport (their files are not parametrized); here each runs once more with its pipe
+# names on the test server.  Shared-memory-only ones (segment files, 8 Fast lanes, hostile
+# bytes in the mapping, a stopped receiver that never lets go) are not among them.
+OVER_REDIS: list[Callable[..., Any]] = [
+    test_api.test_close_is_idempotent_and_later_use_raises_pipe_closed,
+    test_api.test_open_connection_after_close_reconnects,
+    test_api.test_context_manager_closes_on_exit_even_after_an_error,
+    test_api.test_receive_with_timeout_zero_returns_at_once,
+    test_api.test_receive_with_timeout_none_waits_for_a_packet,
+    test_api.test_iterating_a_receiver_yields_packets_one_by_one,
+    test_api.test_iteration_ends_when_the_receiver_is_closed,
+    test_api.test_remove_of_a_missing_pipe_raises_not_found,
+    test_backpressure.test_send_and_flush_time_out_while_a_receiver_is_stalled,
+    test_exit.test_script_that_just_ends_delivers_everything,
+    test_exit.test_exit_with_a_stalled_receiver_warns_and_ends,
+    test_safe.test_packets_up_to_the_ring_size_cross_the_wrap,
+    test_safe.test_removing_a_pipe_under_live_endpoints_reaches_them,
+    test_safe.test_fork_leaves_the_parent_working_and_the_child_told,
+    test_fast.test_slot_size_limits_the_encoded_packet,
+    test_fast.test_small_documented_slot_sizes_work,
+    test_fast.test_receive_zero_returns_at_once_when_nothing_is_new,
+    test_fast.test_closed_endpoints_raise_and_reopen,
+    test_fast.test_fork_leaves_the_parent_working_and_the_child_told,
+    test_cli.test_send_waits_for_delivery_and_gives_up_after_timeout,
+    test_cli.test_send_refuses_what_is_not_a_json_array,
+]
+
+
+def _over_redis(test: Callable[..., Any]) -> Callable[..., Any]:
+    """``test`` (with its own parameters) under a new name, its ``name``/``make_name`` pipes on Redis."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return test(*args, **kwargs)
+
+    module = test.__module__.rsplit(".", 1)[-1].removeprefix("test_")
+    run.__name__ = run.__qualname__ = f"test_{module}_{test.__name__.removeprefix('test_')}_over_redis"
+    return pytest.mark.parametrize("transport", ["redis"], indirect=True)(run)
+
+
+for _test in OVER_REDIS:
+    _wrapped = _over_redis(_test)
+    globals()[_wrapped.__name__] = _wrapped
+del _test, _wrapped
