@@ -25,8 +25,9 @@ Guarantees (``docs/redis.md`` has them in full)
   :class:`TransportError` within a few seconds when the server is not there or
   refuses the login -- never a hang.
 * Fast: a value is an entry of a stream that keeps only the newest.  ``send()``
-  never waits: it leaves the value for a background thread, which publishes the
-  newest one (so a sender faster than the network skips values, as a reader may).
+  publishes with one round trip and never waits for receivers; while the server
+  cannot be reached it leaves the value for a background thread, which publishes
+  the newest one once reconnected (values in between are skipped, as a reader may).
 """
 
 from __future__ import annotations
