@@ -31,6 +31,7 @@ from .errors import (
     InvalidArgumentError,
     PacketSizeError,
     PipeClosedError,
+    PipeTimeoutError,
     UndeliveredPacketsWarning,
 )
 from .fast import DEFAULT_SLOT_SIZE, FastReceiver, FastSender
@@ -48,11 +49,12 @@ def _slot_size(slot_size: object) -> int | None:
 
 
 class RedisFastSender(RedisEndpoint, FastSender):
-    """:class:`FastSender` over Redis: ``send()`` publishes with one round trip to the server.
+    """:class:`FastSender` over Redis: ``send()`` hands the value to a background thread.
 
-    While the server cannot be reached, ``send()`` leaves the value to a background
-    thread and returns at once; that thread publishes the newest value left to it
-    once reconnected (values sent meanwhile are skipped, as a slow reader would).
+    The thread publishes the newest value it holds, one round trip at a time, and
+    again once reconnected after the server was lost; a value replaced before its
+    turn is skipped, as a slow reader would skip it.  ``send()`` never waits for
+    the server: not for a round trip, not for a dropped network.
     """
 
     _model_name = "fast"
@@ -92,7 +94,7 @@ class RedisFastSender(RedisEndpoint, FastSender):
         )
         self._slot_size = self._capacity_now
         self._stamp = 0
-        self._worker = Worker(f"pipebit-{self._name}-sender", self._republish)
+        self._worker = Worker(f"pipebit-{self._name}-sender", self._publish_newest)
         self._link = link
         self._worker.start()
         self._register()
@@ -134,17 +136,16 @@ class RedisFastSender(RedisEndpoint, FastSender):
             return self._sent, int(self._pending is not None)
 
     def send(self, data: Union[List[Any], tuple[Any, ...]]) -> None:
-        """Publish ``data`` (a list or tuple) as the pipe's current value; never waits for receivers.
+        """Make ``data`` (a list or tuple) the pipe's current value; never waits.
 
-        Errors as :meth:`FastSender.send`.  When it returns, the value is on the
-        server -- unless the server could not be reached: then the background
-        thread publishes it (or a newer one) once it can, and ``send()`` returns at once.
+        Errors as :meth:`FastSender.send`, raised here.  The value is published
+        by the background thread within about one round trip to the server (or
+        once the server is back); :meth:`flush` waits for that.
         """
         if not isinstance(data, (list, tuple)):
             raise _codec.not_a_packet(data)
         with self._mutex:
-            link = self._link
-            if link is None:
+            if self._link is None:
                 self._require_link()
                 return
             assert self._worker is not None
@@ -165,17 +166,33 @@ class RedisFastSender(RedisEndpoint, FastSender):
                     f"{self._slot_size} bytes per packet: create it with a larger slot_size"
                 )
             self._stamp += 1
-            if self._pending is not None:  # the server is away: the thread publishes the newest
-                self._pending = (self._stamp, encoded)
-                return
-            try:
-                self._publish(link, self._stamp, encoded)
-            except Exception as exc:
-                if not R.transient(exc):
-                    raise
-                self._log(f"lost the server ({exc}); publishing in the background")
-                self._pending = (self._stamp, encoded)
+            idle = self._pending is None
+            self._pending = (self._stamp, encoded)  # replaces one not yet published: it is stale
+            if idle:
                 self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the value last sent is on the server.
+
+        :class:`PipeTimeoutError` after ``timeout`` seconds (``None``: as long as it
+        takes); the background thread's failure (the pipe was removed, say) is raised here.
+        """
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        with self._mutex:
+            while True:
+                self._require_link()
+                assert self._worker is not None
+                self._worker.check()
+                if self._pending is None:
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PipeTimeoutError(
+                        f"flush() waited {timeout}s; the value last sent to Fast pipe {self._shown!r} is not "
+                        f"published yet (Redis server {self._address.server} cannot be reached)"
+                    )
+                self._cond.wait(0.1 if remaining is None else min(remaining, 0.1))
 
     def _publish(self, link: R.Link, stamp: int, value: bytes | None) -> None:
         """Publish ``value`` (or only check in); the stamp makes a retried publication land once."""
@@ -195,11 +212,11 @@ class RedisFastSender(RedisEndpoint, FastSender):
         if value is not None:
             self._sent += 1  # under the mutex, or by the thread while send() only queues
 
-    def _republish(self, stopping: threading.Event) -> None:
-        """The background thread: publish what send() could not, and check in every second.
+    def _publish_newest(self, stopping: threading.Event) -> None:
+        """The background thread: publish the newest value send() left, and check in every second.
 
-        It talks to the server without holding the mutex, so send() never waits for it;
-        while a value is pending, send() only replaces it, which keeps publications in order.
+        It talks to the server without holding the mutex, so send() never waits for
+        it; send() only replaces the pending value, which keeps publications in order.
         """
         link = self._link
         assert link is not None
@@ -216,18 +233,21 @@ class RedisFastSender(RedisEndpoint, FastSender):
             except Exception as exc:
                 if not R.transient(exc):
                     raise
+                if attempt == 0:
+                    self._log(f"lost the server ({exc}); retrying in the background")
                 if stopping.is_set():
                     return
                 retry_wait(stopping, attempt)
                 attempt += 1
                 continue
+            if attempt:
+                self._log("reached the server again")
             attempt = 0
             if pending is not None:
                 with self._mutex:
-                    if self._pending is pending:
+                    if self._pending is pending:  # not replaced meanwhile
                         self._pending = None
                         self._cond.notify_all()
-                self._log("published after reconnecting")
 
 
 class RedisFastReceiver(RedisEndpoint, FastReceiver):
@@ -255,6 +275,10 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
         self._capacity = _slot_size(slot_size)
         self._last_id = ""
         self._returned = 0
+        # receive() calls in progress, so that close_connection() from another thread
+        # can keep cutting their connection until they have left.
+        self._users = threading.Condition()
+        self._active = 0
         self.open_connection()
 
     def open_connection(self) -> None:
@@ -270,14 +294,27 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
 
     def close_connection(self) -> None:
         """Detach; a receive() waiting in another thread raises :class:`PipeClosedError`.  Idempotent."""
-        link, self._link = self._link, None
-        if link is None:
-            return
-        try:
-            link.client.connection_pool.disconnect()  # wakes a receive() blocked in another thread
-        except Exception:
-            pass
+        with self._users:
+            link, self._link = self._link, None
+            if link is None:
+                return
+            # Cutting the connection wakes a receive() blocked on it; one that was just
+            # about to read opens a fresh connection, so cut again until it has left.
+            deadline = time.monotonic() + R.SOCKET_TIMEOUT
+            while True:
+                try:
+                    link.client.connection_pool.disconnect()
+                except Exception:
+                    pass
+                if not self._active or time.monotonic() >= deadline:
+                    break
+                self._users.wait(0.05)
         self._leave(link)
+
+    def _forget_after_fork(self) -> None:
+        super()._forget_after_fork()
+        self._users = threading.Condition()
+        self._active = 0
 
     def _pending_and_packets(self) -> tuple[int, int]:
         return self._returned, 0
@@ -287,6 +324,17 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
         ``[]``; waits up to ``timeout`` for one (see :meth:`FastReceiver.receive`).  While the
         server cannot be reached it keeps trying until the timeout, then returns ``[]``."""
         limit = check_timeout(timeout)
+        with self._users:
+            self._require_link()
+            self._active += 1
+        try:
+            return self._receive(limit)
+        finally:
+            with self._users:
+                self._active -= 1
+                self._users.notify_all()
+
+    def _receive(self, limit: float | None) -> list[Packet]:
         deadline = None if limit is None else time.monotonic() + limit
         attempt = 0
         key = self._keys()[1]

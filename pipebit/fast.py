@@ -244,6 +244,13 @@ class FastSender(Endpoint):
         finally:
             self._unlock()
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the value last sent is published.  On shared memory ``send()``
+        publishes before it returns, so this returns at once (over Redis it waits for
+        the background thread).  :class:`PipeClosedError` if the sender is closed."""
+        check_timeout(timeout)
+        self._require_pipe()
+
 
 class FastReceiver(Endpoint):
     """Reads the newest value of a Fast pipe, creating the pipe if it does not exist.

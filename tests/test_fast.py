@@ -219,6 +219,7 @@ import os, sys, pipebit
 s = pipebit.FastSender(sys.argv[1], 0)
 s.send([42])
 if sys.argv[2] == "abrupt":
+    s.flush()  # over Redis the value may still be on its way: let it reach the server first
     os._exit(0)  # no close_connection(), no atexit: as good as dead
 """
 
@@ -241,10 +242,12 @@ def test_late_joiner_gets_only_the_current_value(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender:
         for i in range(5):
             sender.send([i])
+        sender.flush()  # over Redis, send() leaves publishing to a background thread
         with pipebit.FastReceiver(name, 0) as late:
             assert late.receive(timeout=0) == [[4]]
             assert late.receive(timeout=0) == []
             sender.send([5])
+            sender.flush()
             assert late.receive(timeout=0) == [[5]]
 
 
@@ -261,6 +264,7 @@ def test_override_clears_the_value_and_no_override_keeps_it(name: str) -> None:
         assert receiver.receive(timeout=0) == []
         assert receiver.receive(timeout=0.2) == []
         overriding.send(["new"])
+        overriding.flush()
         assert receiver.receive(timeout=0) == [["new"]]
 
 
@@ -297,8 +301,10 @@ def test_last_write_wins_between_senders(name: str) -> None:
         for i in range(200):
             first, second = (a, b) if i % 2 else (b, a)
             first.send(["first", i])
+            first.flush()  # over Redis, two senders' values land in the order they are published
             if i % 3:
                 second.send(["second", i])
+                second.flush()
                 expected = ["second", i]
             else:
                 expected = ["first", i]
@@ -376,15 +382,18 @@ def test_safe_endpoints_refuse_a_fast_pipe(name: str) -> None:
 
 
 # --------------------------------------------------------- 7. packet size, types, snapshot
+@both_transports
 def test_slot_size_limits_the_encoded_packet(name: str, make_name: Callable[[], str]) -> None:
     limit = 1024
     # [bytes of k]: 1 byte array header + 3 bytes bin16 header + k bytes.
     with pipebit.FastSender(name, 0, slot_size=limit) as sender, pipebit.FastReceiver(name, 0) as receiver:
         fits = [b"\xab" * (limit - 4)]
         sender.send(fits)
+        sender.flush()
         assert receiver.receive(timeout=0) == [fits]
         under = [b"\xcd" * (limit - 5)]
         sender.send(under)
+        sender.flush()
         assert receiver.receive(timeout=0) == [under]
         with pytest.raises(pipebit.PacketSizeError, match=str(limit)) as info:
             sender.send([b"\xef" * (limit - 3)])
@@ -400,11 +409,13 @@ def test_slot_size_limits_the_encoded_packet(name: str, make_name: Callable[[], 
     with pipebit.FastSender(other, 0) as sender, pipebit.FastReceiver(other, 0) as receiver:
         big = [b"y" * (60 << 10)]
         sender.send(big)
+        sender.flush()
         assert receiver.receive(timeout=0) == [big]
         with pytest.raises(pipebit.PacketSizeError, match="65536"):
             sender.send([b"z" * (64 << 10)])
 
 
+@both_transports
 @pytest.mark.parametrize("slot_size", [64, 100, 200])
 def test_small_documented_slot_sizes_work(name: str, slot_size: int) -> None:
     # slot_size is documented (and checked) as at least 64, rounded up to a multiple of 8.
@@ -412,6 +423,7 @@ def test_small_documented_slot_sizes_work(name: str, slot_size: int) -> None:
     with pipebit.FastSender(name, 0, slot_size=slot_size) as sender, pipebit.FastReceiver(name, 0) as receiver:
         packet = [b"s" * (slot_size - 4)]
         sender.send(packet)
+        sender.flush()
         assert receiver.receive(timeout=0) == [packet]
         with pytest.raises(pipebit.PacketSizeError, match=str(limit)):
             sender.send([b"s" * limit])
@@ -421,12 +433,15 @@ def test_small_documented_slot_sizes_work(name: str, slot_size: int) -> None:
 def test_unsupported_values_raise_in_send_and_publish_nothing(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender, pipebit.FastReceiver(name, 0) as receiver:
         sender.send(["ok"])
+        sender.flush()
         assert receiver.receive(timeout=0) == [["ok"]]
         for bad in ([{1, 2}], [object()], [1, [2, {3}]], {1, 2}, "not a list"):
             with pytest.raises(pipebit.PacketTypeError):
                 sender.send(bad)  # type: ignore[arg-type]
+        sender.flush()
         assert receiver.receive(timeout=0) == []
         sender.send(["still works"])
+        sender.flush()
         assert receiver.receive(timeout=0) == [["still works"]]
 
 
@@ -438,6 +453,7 @@ def test_send_takes_a_snapshot(name: str) -> None:
         packet.append(4)
         packet[1].append(5)
         packet[2]["k"] = "changed"
+        sender.flush()
         assert receiver.receive(timeout=0) == [[1, [2, 3], {"k": "v"}]]
 
 
@@ -575,6 +591,7 @@ def test_receive_none_waits_for_a_send_from_another_thread(name: str) -> None:
         assert waited < 5, f"receive(None) returned {waited:.2f}s after a send 0.3s in"
 
 
+@both_transports
 def test_receive_zero_returns_at_once_when_nothing_is_new(name: str) -> None:
     with pipebit.FastSender(name, 0) as sender, pipebit.FastReceiver(name, 0) as receiver:
         durations = []
@@ -584,6 +601,7 @@ def test_receive_zero_returns_at_once_when_nothing_is_new(name: str) -> None:
             durations.append(time.perf_counter() - started)
         assert min(durations) < 0.05, f"receive(timeout=0) took {durations}"  # the default would wait 0.1s
         sender.send([1])
+        sender.flush()
         assert receiver.receive(timeout=0) == [[1]]
         durations = []
         for _ in range(5):
@@ -593,6 +611,7 @@ def test_receive_zero_returns_at_once_when_nothing_is_new(name: str) -> None:
         assert min(durations) < 0.05, f"receive(timeout=0) took {durations}"
 
 
+@both_transports
 def test_closed_endpoints_raise_and_reopen(name: str) -> None:
     sender = pipebit.FastSender(name, 0)
     receiver = pipebit.FastReceiver(name, 0)
@@ -610,6 +629,7 @@ def test_closed_endpoints_raise_and_reopen(name: str) -> None:
     receiver.open_connection()
     try:
         sender.send([3])
+        sender.flush()
         assert receiver.receive(timeout=0) == [[3]]
     finally:
         sender.close_connection()
@@ -648,6 +668,7 @@ sender.close_connection()
 """
 
 
+@both_transports
 def test_iteration_ends_when_closed_from_another_thread(name: str, reaper: Reaper) -> None:
     rounds = 6
     child = Child(reaper, ITERATE_AND_CLOSE, name, str(rounds))
@@ -667,6 +688,7 @@ import os, sys, pipebit
 name = sys.argv[1]
 sender = pipebit.FastSender(name, 0)
 sender.send(["before fork"])
+sender.flush()
 pid = os.fork()
 if pid == 0:
     try:
@@ -677,6 +699,7 @@ if pid == 0:
         ok = False
     own = pipebit.FastSender(name, 0)
     own.send(["from child"])
+    own.flush()
     own.close_connection()
     os._exit(0 if ok else 3)
 _, status = os.waitpid(pid, 0)
@@ -684,11 +707,13 @@ print("child", os.waitstatus_to_exitcode(status), flush=True)
 with pipebit.FastReceiver(name, 0) as r:
     print("current", repr(r.receive(timeout=0)).replace(" ", ""), flush=True)
     sender.send(["from parent"])
+    sender.flush()
     print("then", repr(r.receive(timeout=0)).replace(" ", ""), flush=True)
 sender.close_connection()
 """
 
 
+@both_transports
 def test_fork_leaves_the_parent_working_and_the_child_told(name: str, reaper: Reaper) -> None:
     child = Child(reaper, FORK_CHILD, name)
     assert child.expect("child", 60) == ["0"], "the forked child's copy of the sender did not raise about fork"
