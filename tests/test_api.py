@@ -15,6 +15,8 @@ import pytest
 import pipebit
 from pipebit import _endpoint, _shm, errors, safe
 
+from .redis_server import both_transports
+
 SHM = Path("/dev/shm")
 
 
@@ -226,6 +228,7 @@ def test_start_error_names_the_choices(name: str) -> None:
 
 
 # -------------------------------------------------------------- lifecycle
+@both_transports
 def test_close_is_idempotent_and_later_use_raises_pipe_closed(name: str) -> None:
     sender = pipebit.SafeSender(name, 0)
     receiver = pipebit.SafeReceiver(name, 0)
@@ -252,6 +255,7 @@ def test_close_is_idempotent_and_later_use_raises_pipe_closed(name: str) -> None
     assert list(receiver) == []  # iteration ends at once on a closed receiver
 
 
+@both_transports
 def test_open_connection_after_close_reconnects(name: str) -> None:
     sender = pipebit.SafeSender(name, 0)
     receiver = pipebit.SafeReceiver(name, 0)
@@ -282,6 +286,7 @@ def test_open_connection_after_close_reconnects(name: str) -> None:
         receiver.close_connection()
 
 
+@both_transports
 def test_context_manager_closes_on_exit_even_after_an_error(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
         assert not sender.closed
@@ -326,6 +331,7 @@ def test_repr_shows_name_and_state(name: str, make: Callable[[str], Any]) -> Non
 
 
 # --------------------------------------------------------------- receiving
+@both_transports
 def test_receive_with_timeout_zero_returns_at_once(name: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
         started = time.monotonic()
@@ -334,6 +340,7 @@ def test_receive_with_timeout_zero_returns_at_once(name: str) -> None:
         assert receiver.receive() == []  # the default timeout is short, too
 
 
+@both_transports
 def test_receive_with_timeout_none_waits_for_a_packet(name: str) -> None:
     results: list[Any] = []
     with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
@@ -361,6 +368,7 @@ def test_receive_with_timeout_none_waits_for_a_packet(name: str) -> None:
     assert blocked_for >= 0.25  # it waited for the packet rather than returning []
 
 
+@both_transports
 def test_iterating_a_receiver_yields_packets_one_by_one(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
         for i in range(5):
@@ -369,6 +377,7 @@ def test_iterating_a_receiver_yields_packets_one_by_one(name: str) -> None:
     assert got == [[i, f"p{i}"] for i in range(5)]
 
 
+@both_transports
 def test_iteration_ends_when_the_receiver_is_closed(name: str) -> None:
     seen: list[Any] = []
     with pipebit.SafeSender(name, 0) as sender:
@@ -393,6 +402,7 @@ def test_iteration_ends_when_the_receiver_is_closed(name: str) -> None:
 
 
 # ------------------------------------------------------------------ remove
+@both_transports
 def test_remove_of_a_missing_pipe_raises_not_found(name: str) -> None:
     with pytest.raises(pipebit.PipeNotFoundError) as info:
         pipebit.remove(name)

@@ -21,6 +21,7 @@ from pipebit import _shm
 
 from .conftest import Reaper
 from .helpers import Child
+from .redis_server import both_transports
 
 MB = 1 << 20
 
@@ -138,6 +139,7 @@ def test_stalled_receiver_bounds_memory_of_both_sides(name: str, reaper: Reaper)
     assert max(int(receiver_peak), receiver_stalled_peak) - receiver_idle < 24 * MB, summary
 
 
+@both_transports
 def test_send_and_flush_time_out_while_a_receiver_is_stalled(name: str) -> None:
     sender = pipebit.SafeSender(name, 0, capacity=8192)
     receiver = pipebit.SafeReceiver(name, 0, max_cached=1)  # stops reading until receive() is called

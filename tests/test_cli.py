@@ -292,6 +292,7 @@ def test_send_to_a_fast_pipe_publishes_the_last_value(name: str) -> None:
         assert receiver.receive(timeout=5) == [["last"]]
 
 
+@both_transports
 def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
     # A receiver that caches one record and reads no more: a sender fills the 4 KiB ring and waits.
     with pipebit.SafeReceiver(name, 0, capacity=4096, max_cached=1) as receiver:
@@ -314,6 +315,7 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
     assert [p[0] for p in got] == list(range(len(got)))  # the ring's packets, and not ["late"]
 
 
+@both_transports
 @pytest.mark.parametrize(
     ("packet", "message"),
     [("{bad", "not valid JSON"), ('{"a": 1}', "JSON array"), ("42", "JSON array"), ('[{"$bytes": "!"}]', "base64")],

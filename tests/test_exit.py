@@ -17,6 +17,7 @@ import pipebit
 
 from .conftest import Reaper
 from .helpers import Child, receive_n
+from .redis_server import both_transports
 
 # Sends [i, "p" * pad] and just ends: no flush, no close_connection.  Prints the
 # moment it is done.
@@ -57,6 +58,7 @@ while True:
 """
 
 
+@both_transports
 @pytest.mark.parametrize("receiver_first", [True, False], ids=["receiver-first", "receiver-after"])
 def test_script_that_just_ends_delivers_everything(name: str, reaper: Reaper, receiver_first: bool) -> None:
     count = 5000
@@ -88,6 +90,7 @@ def test_script_that_just_ends_delivers_everything(name: str, reaper: Reaper, re
             receiver.close_connection()
 
 
+@both_transports
 def test_exit_with_a_stalled_receiver_warns_and_ends(name: str, reaper: Reaper) -> None:
     count = 2000
     stalled = Child(reaper, STALLED_RECEIVER, name)

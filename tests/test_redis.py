@@ -8,7 +8,6 @@ for a server that is wrong or not there, and the seed scripts across "machines".
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -18,14 +17,13 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
 import pipebit
 from pipebit import _address
 
-from . import test_api, test_backpressure, test_cli, test_exit, test_fast, test_safe
 from .conftest import Reaper
 from .helpers import Child, receive_n, wait_until
 from .redis_server import RedisServer, free_port, skip_without_redis, start_server
@@ -406,6 +404,36 @@ def test_a_fast_receiver_stopped_after_the_reply_came_returns_the_newest_value(u
         assert child.expect("got", 30) == ["50"]
 
 
+def test_fast_send_never_waits_for_a_frozen_server(url: str, server: RedisServer) -> None:
+    # The server stopped with SIGSTOP: the connection is up, but nothing answers.  send()
+    # hands values to the background thread and returns; flush() says the value is not
+    # out yet; once the server runs again the newest value reaches the receiver.
+    assert server.process is not None
+    with pipebit.FastReceiver(url, 0, start="new") as receiver, pipebit.FastSender(url, 0) as sender:
+        sender.send([0])
+        sender.flush(timeout=30)
+        assert receiver.receive(timeout=10) == [[0]]
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            for i in range(1, 1001):
+                sender.send([i])
+            sending = time.monotonic() - started
+            with pytest.raises(pipebit.PipeTimeoutError, match="not published"):
+                sender.flush(timeout=0.5)
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        sender.flush(timeout=30)
+        seen = [0]
+        while seen[-1] != 1000:
+            batch = receiver.receive(timeout=10)
+            assert batch, f"the newest value never came; last seen {seen[-1]}"
+            seen.append(batch[0][0])
+    assert seen == sorted(set(seen))  # never backwards, never twice
+    # A round trip to the frozen server would have taken the 5 s socket timeout.
+    assert sending < 2.0, f"1000 send()s took {sending:.1f} s while the server was frozen"
+
+
 # ------------------------------------------------------------------- fork and exit
 def test_fork_closes_inherited_redis_endpoints_in_the_child(url: str, reaper: Reaper) -> None:
     code = """
@@ -494,51 +522,3 @@ def test_an_endpoint_of_a_removed_pipe_is_told(url: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pipebit.UndeliveredPacketsWarning)  # [1], if send() took it
             sender.close_connection()
-
-
-# ------------------------------------------- shared-memory behaviour tests, over Redis too
-# These tests of the other files hold on Redis as they are, but are written for one
-# transport (their files are not parametrized); here each runs once more with its pipe
-# names on the test server.  Shared-memory-only ones (segment files, 8 Fast lanes, hostile
-# bytes in the mapping, a stopped receiver that never lets go) are not among them.
-OVER_REDIS: list[Callable[..., Any]] = [
-    test_api.test_close_is_idempotent_and_later_use_raises_pipe_closed,
-    test_api.test_open_connection_after_close_reconnects,
-    test_api.test_context_manager_closes_on_exit_even_after_an_error,
-    test_api.test_receive_with_timeout_zero_returns_at_once,
-    test_api.test_receive_with_timeout_none_waits_for_a_packet,
-    test_api.test_iterating_a_receiver_yields_packets_one_by_one,
-    test_api.test_iteration_ends_when_the_receiver_is_closed,
-    test_api.test_remove_of_a_missing_pipe_raises_not_found,
-    test_backpressure.test_send_and_flush_time_out_while_a_receiver_is_stalled,
-    test_exit.test_script_that_just_ends_delivers_everything,
-    test_exit.test_exit_with_a_stalled_receiver_warns_and_ends,
-    test_safe.test_packets_up_to_the_ring_size_cross_the_wrap,
-    test_safe.test_removing_a_pipe_under_live_endpoints_reaches_them,
-    test_safe.test_fork_leaves_the_parent_working_and_the_child_told,
-    test_fast.test_slot_size_limits_the_encoded_packet,
-    test_fast.test_small_documented_slot_sizes_work,
-    test_fast.test_receive_zero_returns_at_once_when_nothing_is_new,
-    test_fast.test_closed_endpoints_raise_and_reopen,
-    test_fast.test_fork_leaves_the_parent_working_and_the_child_told,
-    test_cli.test_send_waits_for_delivery_and_gives_up_after_timeout,
-    test_cli.test_send_refuses_what_is_not_a_json_array,
-]
-
-
-def _over_redis(test: Callable[..., Any]) -> Callable[..., Any]:
-    """``test`` (with its own parameters) under a new name, its ``name``/``make_name`` pipes on Redis."""
-
-    @functools.wraps(test)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return test(*args, **kwargs)
-
-    module = test.__module__.rsplit(".", 1)[-1].removeprefix("test_")
-    run.__name__ = run.__qualname__ = f"test_{module}_{test.__name__.removeprefix('test_')}_over_redis"
-    return pytest.mark.parametrize("transport", ["redis"], indirect=True)(run)
-
-
-for _test in OVER_REDIS:
-    _wrapped = _over_redis(_test)
-    globals()[_wrapped.__name__] = _wrapped
-del _test, _wrapped

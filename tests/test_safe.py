@@ -138,6 +138,7 @@ def test_attached_receiver_loses_nothing_through_a_small_ring(name: str) -> None
     assert got == [[i, "x" * (i % 50)] for i in range(20000)]
 
 
+@both_transports
 def test_packets_up_to_the_ring_size_cross_the_wrap(name: str) -> None:
     capacity = 16384
     with pipebit.SafeReceiver(name, 0, capacity=capacity) as receiver, pipebit.SafeSender(name, 0) as sender:
@@ -225,6 +226,7 @@ def test_iteration_ends_when_the_receiver_is_closed(name: str) -> None:
         assert got == [[0], [1], [2]]
 
 
+@both_transports
 def test_removing_a_pipe_under_live_endpoints_reaches_them(name: str) -> None:
     sender = pipebit.SafeSender(name, 0)
     receiver = pipebit.SafeReceiver(name, 0)
@@ -296,6 +298,7 @@ sender.close_connection()
 """
 
 
+@both_transports
 def test_fork_leaves_the_parent_working_and_the_child_told(name: str, reaper: Reaper) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
         child = reaper.spawn(FORK_CHILD, name)
