@@ -70,6 +70,8 @@ HANDBACK = 0.02
 # spin="auto": receive() polls up to this long before sleeping, but only while the
 # packets it waited for came within this long (see SafeReceiver._read_ring).
 AUTO_SPIN_NS = 50_000
+# A poll looks without pause this long, then yields the CPU between looks.
+POLL_BEFORE_YIELD = 10e-6
 
 
 class SafeSender(Endpoint):
@@ -634,18 +636,23 @@ class SafeReceiver(Endpoint):
     def _poll(reader: RingReader, spin: float, remaining: float | None) -> bool:
         """Watch the ring for up to ``spin`` seconds; ``True`` if a record arrived.
 
-        Each look is followed by sched_yield(2), which lets any other runnable
-        process (the very sender being waited for, on a busy machine) have the
-        CPU, and costs a microsecond or so when there is none.
+        After the first few microseconds, each look is followed by sched_yield(2),
+        which lets any other runnable process (on a busy machine, perhaps the very
+        sender being waited for) have the CPU, and costs a microsecond or so when
+        there is none.
         """
         clock = time.perf_counter
-        until = clock() + (spin if remaining is None else min(spin, remaining))
+        now = clock()
+        until = now + (spin if remaining is None else min(spin, remaining))
+        polite = now + POLL_BEFORE_YIELD
         available = reader.available
         pause = _sched_yield
-        while clock() < until:
+        while now < until:
             if available():
                 return True
-            pause()
+            if now > polite:
+                pause()
+            now = clock()
         return False
 
     def _counters(self) -> tuple[int, int, int]:
