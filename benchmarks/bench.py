@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
+import floor
 import peers
 import redis_bench
 import report
@@ -42,7 +43,7 @@ import workers
 
 import pipebit
 
-SCENARIOS = ("throughput", "fanout", "bandwidth", "latency", "latest", "memory", "redis")
+SCENARIOS = ("throughput", "fanout", "bandwidth", "latency", "latest", "memory", "redis", "floor")
 
 THROUGHPUT_PEERS = (peers.PIPEBIT_SAFE, peers.MP_QUEUE, peers.MP_PIPE, peers.ZMQ_PUSH_PULL, peers.FASTER_FIFO)
 FANOUT_PEERS = (peers.PIPEBIT_SAFE, peers.MP_QUEUE, peers.ZMQ_PUB_SUB, peers.ZMQ_PUB_SUB_RAISED, peers.FASTER_FIFO)
@@ -454,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     measurements: list[Measurement] = []
     redis_section: str | None = None
+    floor_section: str | None = None
     workdir = tempfile.mkdtemp(prefix="pipebit-bench-")  # ZeroMQ's ipc:// socket files
     try:
         harness = Harness(settings, workdir)
@@ -461,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
             if scenario == "redis":
                 print(f"[{time.monotonic() - started:6.1f}s] redis: shared memory and Redis", file=sys.stderr)
                 redis_section = measure_redis(settings)
+                continue
+            if scenario == "floor":
+                print(f"[{time.monotonic() - started:6.1f}s] floor: send() piece by piece", file=sys.stderr)
+                floor_section = floor.report(calls=50_000 if settings.quick else 200_000, rounds=settings.runs + 2)
                 continue
             for run in range(1, settings.runs + 1):
                 for label, measure in scenario_steps(harness, scenario):
@@ -478,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     at_start = [label for label, _ in environment].index("load average at start")
     environment.insert(at_start + 1, ("load average at end", f"{load} (other work on the machine shows here)"))
-    text = report.render(environment, settings, measurements, elapsed, chart="benchmarks.png", redis=redis_section)
+    text = report.render(
+        environment, settings, measurements, elapsed, chart="benchmarks.png", redis=redis_section, floor=floor_section
+    )
     print(text)
     if args.write_docs:
         docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")

@@ -173,9 +173,17 @@ COSTS = """\
   sleeping receiver would spend much of that on wake-ups anyway.
 - Per packet, PipeBit's cost is Python bytecode: encoding, a lock, a deque append on the sending side;
   decoding and list building on the receiving side. The sender's delivery thread shares the GIL with the
-  application, so the sender's own `send()` loop is the 1→1 bottleneck.
+  application, so the sender's own `send()` loop is the 1→1 bottleneck. The table below splits one
+  `send()` into the steps no pure-Python sender can avoid (the caller's own loop, a method call, the
+  encoding, a lock, an append) and what PipeBit adds (checks, queue bounds, byte accounting); the
+  delivery thread's share (joining a batch, copying it into the ring) is small.
 - Fast `send()` takes no lock shared with other processes and never waits, so readers do not slow it
   per CPU-second; on a 2-core machine, busy-polling readers still take CPU time away from the sender.
+  Its own cost is well above Safe's: publishing through a seqlock means four 8-byte stores and a
+  payload copy into shared memory, a clock read and a memory barrier (a lock round), each a separate
+  Python-level operation. At ~1.3-1.7 µs per update (below), one sender tops out near 0.6-0.75M
+  updates/s on a core of its own, so the 1M updates/s target is out of reach for this design in pure
+  Python; with 3 busy-polling readers on 2 cores it gets about half a core.
 - Memory under a slow receiver is bounded by configuration: the sender queues at most `queue_size`
   packets (8192) or 1 MiB, the ring is a fixed size (4 MiB of shared memory, allocated when the pipe is
   made and mapped whole at attach), and the receiver caches up to `max_cached` decoded packets (65536)
@@ -463,9 +471,11 @@ def render(
     chart: str,
     *,
     redis: str | None = None,
+    floor: str | None = None,
 ) -> str:
     """The whole report, in markdown: header, targets, one table per scenario, the Redis
-    section (its own table, when measured), chart, method."""
+    section (its own table, when measured), chart, where the time goes (with the floor
+    table, when measured), method."""
     summaries = summarize(measurements)
     minutes, seconds = divmod(round(elapsed), 60)
     lines = [
@@ -499,6 +509,8 @@ def render(
         lines += ["### 7. Over Redis: the Safe pipeline on a Redis server on loopback, beside shared memory", ""]
         lines += [REDIS_NOTE, "", redis, ""]
     lines += [f"![PipeBit benchmarks chart]({chart})", "", "## Where PipeBit's time and memory go", "", COSTS]
+    if floor is not None:
+        lines += [floor]
     lines += ["## Method", ""]
     lines.append(
         METHOD.format(
