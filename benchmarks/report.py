@@ -181,9 +181,14 @@ COSTS = """\
   per CPU-second; on a 2-core machine, busy-polling readers still take CPU time away from the sender.
   Its own cost is well above Safe's: publishing through a seqlock means four 8-byte stores and a
   payload copy into shared memory, a clock read and a memory barrier (a lock round), each a separate
-  Python-level operation. At ~1.3-1.7 µs per update (below), one sender tops out near 0.6-0.75M
+  Python-level operation. At ~1.2-1.7 µs per update (below), one sender tops out near 0.6-0.8M
   updates/s on a core of its own, so the 1M updates/s target is out of reach for this design in pure
   Python; with 3 busy-polling readers on 2 cores it gets about half a core.
+- 1 MiB packets are bound by the receiver: each packet becomes a fresh 1 MiB `bytes` object, and when
+  glibc has returned such blocks to the system in between, their pages fault on first use (tens to
+  hundreds of faults per packet). `benchmarks/big_packets.py` shows the receiver's faults and CPU per
+  packet with glibc's defaults and with its trim and mmap thresholds raised; the peers pay the same
+  allocation, which is why their bandwidth swings as much as PipeBit's from run to run.
 - Memory under a slow receiver is bounded by configuration: the sender queues at most `queue_size`
   packets (8192) or 1 MiB, the ring is a fixed size (4 MiB of shared memory, allocated when the pipe is
   made and mapped whole at attach), and the receiver caches up to `max_cached` decoded packets (65536)
