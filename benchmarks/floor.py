@@ -56,6 +56,16 @@ def per_call_both(loop: Callable[[int], Any], calls: int, rounds: int) -> tuple[
     return best[0] / calls * 1e9, best[1] / calls * 1e9
 
 
+def send_loop(send: Callable[[list[int]], None]) -> Callable[[int], None]:
+    """A loop calling ``send`` with the benchmark's packets, as an application would."""
+
+    def loop(n: int) -> None:
+        for i in range(n):
+            send([i, i + 1, i + 2, i + 3, i + 4])
+
+    return loop
+
+
 def drain(name: str, ready: Any, stop: Any) -> None:
     """A receiver process reading everything, as the 1→1 benchmark's receiver does."""
     with pipebit.SafeReceiver(name, 0, start="new") as receiver:
@@ -132,11 +142,10 @@ def report(calls: int = 200_000, rounds: int = 7) -> str:
     name = f"floor-{os.getpid()}"
     try:
         with pipebit.SafeSender(name, 0) as sender:
-            send = sender.send
+            sending = send_loop(sender.send)
 
             def safe_loop(n: int) -> None:
-                for i in range(n):
-                    send([i, i + 1, i + 2, i + 3, i + 4])
+                sending(n)
                 sender.flush()  # the delivery thread's share of this round is in the round
 
             safe_loop(calls)  # warm: the ring wraps and the delivery thread is running
@@ -157,13 +166,7 @@ def report(calls: int = 200_000, rounds: int = 7) -> str:
         pipebit.remove(name, force=True)
     try:
         with pipebit.FastSender(name, 0) as fast_sender:
-            fast_send = fast_sender.send
-
-            def fast_loop(n: int) -> None:
-                for i in range(n):
-                    fast_send([i, i + 1, i + 2, i + 3, i + 4])
-
-            fast = per_call(fast_loop, calls, rounds, thread_cpu)
+            fast = per_call(send_loop(fast_sender.send), calls, rounds, thread_cpu)
     finally:
         pipebit.remove(name, force=True)
     reference = per_call(pickle_round, calls, rounds, thread_cpu) - build
