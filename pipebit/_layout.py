@@ -31,7 +31,7 @@ A segment is a fixed header, a participant table, then the data area::
                   +16 token       random id chosen by the holder at claim time
                   +24 cursor      receivers: next ring position to read
                   +32 next_seq    receivers: sequence number of the next packet to read
-                  +40 waiting     receivers: 1 while asleep and wanting a semaphore post
+                  +40 waiting     1 while asleep: receivers for a semaphore post, senders for room
                   +48 attached_ns time.time_ns() of the claim
                   +56 count       packets sent (senders) or read (receivers)
     data_offset      data area: the ring (Safe) or the latest-value slot (Fast)

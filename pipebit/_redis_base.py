@@ -25,9 +25,10 @@ Guarantees (``docs/redis.md`` has them in full)
   :class:`TransportError` within a few seconds when the server is not there or
   refuses the login -- never a hang.
 * Fast: a value is an entry of a stream that keeps only the newest.  ``send()``
-  publishes with one round trip and never waits for receivers; while the server
-  cannot be reached it leaves the value for a background thread, which publishes
-  the newest one once reconnected (values in between are skipped, as a reader may).
+  never waits, for receivers or for the server: it leaves the value for a
+  background thread, which publishes the newest one, one round trip at a time,
+  and again once reconnected (values in between are skipped, as a reader may).
+  ``flush()`` waits until the value last sent is on the server.
 """
 
 from __future__ import annotations

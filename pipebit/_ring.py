@@ -18,10 +18,10 @@ Guarantees, and the mechanism behind each:
 
 Sleeping is event-driven: a receiver with nothing to read sets ``waiting`` in
 its slot and sleeps on its slot's semaphore, which writers post after each
-commit; a writer with no room counts itself in ``writers_waiting`` and sleeps on
-the pipe's writer semaphore, which receivers post after advancing.  Every sleep
-is also bounded by a timeout, so a post lost to a crash costs latency, never a
-hang.
+commit; a writer with no room sets ``waiting`` in its slot and
+``writers_waiting``, and sleeps on the pipe's writer semaphore, which receivers
+post after advancing.  Every sleep is also bounded by a timeout, so a post lost
+to a crash costs latency, never a hang.
 """
 
 from __future__ import annotations

@@ -316,7 +316,8 @@ class FastReceiver(Endpoint):
         self._log(f"connected (slot {self._slot.index})")
 
     def close_connection(self) -> None:
-        """Detach from the pipe; a receive() waiting in another thread returns.  Idempotent."""
+        """Detach from the pipe; a receive() waiting in another thread raises
+        :class:`PipeClosedError`.  Idempotent."""
         with self._users:
             pipe, slot = self._pipe, self._slot
             if pipe is None or slot is None:
