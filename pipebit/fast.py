@@ -44,6 +44,8 @@ SLEEP_SLICE = 2.0
 # Bound once: module globals are cheaper to reach than attributes on the send path.
 _LATEST, _SLEEPERS = L.F_LATEST, L.F_SLEEPERS
 _LENGTH, _WRITE_NS = L.B_LENGTH, L.B_WRITE_NS
+_FLAGS, _REMOVED = L.FLAGS, L.FLAG_REMOVED
+_SECONDS = (int, float)  # timeouts of these exact types (not bool) skip check_timeout() when >= 0
 _time_ns = time.time_ns
 
 
@@ -283,11 +285,7 @@ class FastReceiver(Endpoint):
         self._capacity = _check_slot_size(slot_size)
         self._last = 0
         self._returned = 0
-        self._read_lock = threading.Lock()
-        # Calls in progress, so that close_connection() (from any thread) can wake
-        # them and wait for them to leave before it unmaps what they are using.
-        self._users = threading.Condition()
-        self._active = 0
+        self._new_locks()
         self.open_connection()
 
     def open_connection(self) -> None:
@@ -332,10 +330,20 @@ class FastReceiver(Endpoint):
     def _forget_after_fork(self) -> None:
         pipe, slot = self._pipe, self._slot
         self._pipe = self._slot = None
-        self._read_lock = threading.Lock()
-        self._users = threading.Condition()
-        self._active = 0
+        self._new_locks()
         self._drop_inherited(pipe, slot)
+
+    def _new_locks(self) -> None:
+        # One reader of the register at a time.  And the calls in progress, so that
+        # close_connection() (from any thread) can wake them and wait for them to
+        # leave before it unmaps what they are using.  Bound acquire/release: a
+        # polling loop calls receive(timeout=0) millions of times.
+        read_lock, users_lock = threading.Lock(), threading.Lock()
+        self._read_lock = read_lock
+        self._read_acquire, self._read_release = read_lock.acquire, read_lock.release
+        self._users = threading.Condition(users_lock)
+        self._users_acquire, self._users_release = users_lock.acquire, users_lock.release
+        self._active = 0
 
     def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
         """``[newest packet]`` if a newer value was published since this receiver's last
@@ -344,12 +352,25 @@ class FastReceiver(Endpoint):
         With nothing new it waits for a new value: up to ``timeout`` seconds (default
         0.1), forever with ``None``, not at all with ``0``.
         """
-        limit = check_timeout(timeout)
-        deadline = None if limit is None else time.monotonic() + limit
-        with self._users:
-            pipe = self._require_pipe()
-            self._active += 1
+        # Readers poll with timeout=0 in tight loops: this is a hot path too.
+        limit = timeout if timeout.__class__ in _SECONDS and timeout >= 0 else check_timeout(timeout)
+        self._users_acquire()
         try:
+            pipe = self._pipe
+            if pipe is None:
+                pipe = self._require_pipe()  # raises
+            self._active += 1
+        finally:
+            self._users_release()
+        try:
+            if limit == 0:  # one look
+                self._read_acquire()
+                try:
+                    packet = self._read_newest(pipe)
+                finally:
+                    self._read_release()
+                return [] if packet is None else [packet]
+            deadline = None if limit is None else time.monotonic() + limit
             while True:
                 with self._read_lock:
                     packet = self._read_newest(pipe)
@@ -362,17 +383,19 @@ class FastReceiver(Endpoint):
                 if self._pipe is None:
                     self._require_pipe()  # closed meanwhile: raise
         finally:
-            with self._users:
-                self._active -= 1
+            self._users_acquire()
+            self._active -= 1
+            if self._pipe is None:  # close_connection() is waiting for calls to leave
                 self._users.notify_all()
+            self._users_release()
 
     def _read_newest(self, pipe: Pipe) -> Packet | None:
         words = self._data
         data = pipe.data
         for _ in range(MAX_READ_ATTEMPTS):
-            latest = words[L.F_LATEST]
-            if latest in (self._last, 0):
-                if pipe.removed:
+            latest = words[_LATEST]
+            if latest == self._last or not latest:
+                if pipe.header[_FLAGS] & _REMOVED:
                     raise PipeClosedError(f"pipe {self._name!r} was removed while this receiver was attached")
                 return None
             stamp, lane, buffer = latest >> 8, (latest >> 1) & 0x7F, latest & 1
