@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench.py              # full: 3 runs of everything (under 15 minutes)
+    python benchmarks/bench.py              # full: 5 runs of everything (under 15 minutes)
     python benchmarks/bench.py --quick      # 1 run, shorter scenarios (under 2 minutes)
     python benchmarks/bench.py --only latency --only memory --runs 5
     python benchmarks/bench.py --write-docs # also write docs/benchmarks.md and docs/benchmarks.png
@@ -92,7 +92,7 @@ def settings_for(quick: bool, runs: int | None) -> Settings:
             memory_seconds=3.0,
             redis_count=50_000,
         )
-    return Settings(quick=False, runs=runs or 3)
+    return Settings(quick=False, runs=runs or 5)
 
 
 @dataclass
@@ -428,7 +428,7 @@ def scenario_steps(harness: Harness, scenario: str) -> list[tuple[str, Callable[
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark PipeBit against its peers.")
     parser.add_argument("--quick", action="store_true", help="1 run, shorter scenarios (under 2 minutes)")
-    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default: 3, or 1 with --quick)")
+    parser.add_argument("--runs", type=int, default=None, help="runs per scenario (default: 5, or 1 with --quick)")
     parser.add_argument(
         "--only", action="append", choices=SCENARIOS, metavar="SCENARIO", help=f"one of {', '.join(SCENARIOS)}"
     )
