@@ -275,10 +275,7 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
         self._capacity = _slot_size(slot_size)
         self._last_id = ""
         self._returned = 0
-        # receive() calls in progress, so that close_connection() from another thread
-        # can keep cutting their connection until they have left.
-        self._users = threading.Condition()
-        self._active = 0
+        self._new_locks()  # close_connection() keeps cutting the connection of calls in progress
         self.open_connection()
 
     def open_connection(self) -> None:
@@ -313,8 +310,7 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
 
     def _forget_after_fork(self) -> None:
         super()._forget_after_fork()
-        self._users = threading.Condition()
-        self._active = 0
+        self._new_locks()
 
     def _pending_and_packets(self) -> tuple[int, int]:
         return self._returned, 0
@@ -330,9 +326,7 @@ class RedisFastReceiver(RedisEndpoint, FastReceiver):
         try:
             return self._receive(limit)
         finally:
-            with self._users:
-                self._active -= 1
-                self._users.notify_all()
+            self._call_ended()
 
     def _receive(self, limit: float | None) -> list[Packet]:
         deadline = None if limit is None else time.monotonic() + limit

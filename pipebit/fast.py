@@ -383,11 +383,15 @@ class FastReceiver(Endpoint):
                 if self._pipe is None:
                     self._require_pipe()  # closed meanwhile: raise
         finally:
-            self._users_acquire()
-            self._active -= 1
-            if self._pipe is None:  # close_connection() is waiting for calls to leave
-                self._users.notify_all()
-            self._users_release()
+            self._call_ended()
+
+    def _call_ended(self) -> None:
+        """A receive() call leaves; a close_connection() may be waiting for that."""
+        self._users_acquire()
+        self._active -= 1
+        if self.closed:
+            self._users.notify_all()
+        self._users_release()
 
     def _read_newest(self, pipe: Pipe) -> Packet | None:
         words = self._data
