@@ -45,12 +45,6 @@ MAX_RECORD_PACKETS = 8192
 _fence_lock = threading.Lock()
 
 
-def fence_pair() -> tuple[Callable[..., Any], Callable[[], None]]:
-    """(acquire, release) of a private lock: calling both in turn is a full memory barrier."""
-    lock = threading.Lock()
-    return lock.acquire, lock.release
-
-
 def fence() -> None:
     # Taking a lock is an atomic read-modify-write: a full memory barrier on the
     # CPUs we run on.  It orders "I am waiting" before "is there data?", so a

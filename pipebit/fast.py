@@ -27,7 +27,7 @@ from . import _codec, _shm
 from . import _layout as L
 from ._endpoint import Endpoint, check_count, check_timeout
 from ._pipe import Pipe, Slot
-from ._ring import fence, fence_pair
+from ._ring import fence
 from .errors import CorruptPacketError, InvalidArgumentError, PacketSizeError, PipeBusyError, PipeClosedError
 
 Packet = List[Any]
@@ -103,8 +103,7 @@ class FastSender(Endpoint):
         self._capacity = _check_slot_size(slot_size)
         self._set_send_lock(threading.Lock())
         self._pack = _codec.new_packer()  # used under the send lock only
-        self._fence_acquire, self._fence_release = fence_pair()
-        self._sent = 0
+        self._sent_before = 0  # packets sent over earlier connections
         self.open_connection()
         self._override = False  # applies to the first connection only
 
@@ -127,17 +126,28 @@ class FastSender(Endpoint):
                 self._lane = self._claim_lane(pipe, data, self._slot)
             self._data = data
             self._slot_size = L.fast_slot_size(pipe.capacity)
-            self._buffers = [L.fast_buffer_offset(pipe.capacity, self._lane, b) for b in (0, 1)]
-            self._seq_index = [offset // 8 + L.B_SEQ for offset in self._buffers]
-            self._payload_start = [offset + L.BUFFER_HEADER for offset in self._buffers]
-            self._lane_bits = self._lane << 1
             self._required = pipe.header[L.PACKET_LEN]
             self._slot_count = self._slot.base + L.S_COUNT
-            latest = data[L.F_LATEST]
-            # Write first into the buffer readers are not looking at.
-            self._current = latest & 1 if latest and (latest >> 1) & 0x7F == self._lane else 1
+            offsets = [L.fast_buffer_offset(pipe.capacity, self._lane, b) for b in (0, 1)]
             # Continue the lane's sequence (from the last even seq) so publications stay unique.
-            self._stamp = (max(data[offset // 8 + L.B_SEQ] for offset in self._buffers) + 1) & ~1
+            self._stamp = self._stamp_at_connect = (max(data[o // 8 + L.B_SEQ] for o in offsets) + 1) & ~1
+            latest = data[L.F_LATEST]
+            # Write first into the buffer readers are not looking at, then alternate:
+            # the buffer of a publication follows from its stamp, bit 1.
+            lane_bits = self._lane << 1
+            first = (latest & 1) ^ 1 if latest and (latest >> 1) & 0x7F == self._lane else 0
+            targets = {}
+            for nth, buffer in ((1, first), (2, first ^ 1)):  # the next publication, and the one after
+                seq = offsets[buffer] // 8 + L.B_SEQ
+                payload = offsets[buffer] + L.BUFFER_HEADER
+                targets[(self._stamp >> 1) + nth & 1] = (
+                    seq,
+                    seq + _LENGTH,
+                    seq + _WRITE_NS,
+                    payload,
+                    lane_bits | buffer,
+                )
+            self._targets = (targets[0], targets[1])
             self._pipe = pipe
         except BaseException:
             self._abandon(pipe)
@@ -170,7 +180,9 @@ class FastSender(Endpoint):
         with self._send_lock:
             self._pipe = None
         entry = (L.LANE_TABLE + self._lane * L.LANE_ENTRY) // 8
-        pipe.header[self._slot_count] = self._sent
+        self._sent_before = sent = self._published()
+        self._stamp_at_connect = self._stamp
+        pipe.header[self._slot_count] = sent
         with pipe.lock:
             if self._data[entry + 1] == slot.token:
                 self._data[entry] = 0
@@ -186,9 +198,13 @@ class FastSender(Endpoint):
         self._send_lock = lock
         self._lock, self._unlock = lock.acquire, lock.release  # cheaper than "with", per update
 
+    def _published(self) -> int:
+        # Every publication adds 2 to the stamp: send() keeps no count of its own.
+        return self._sent_before + (self._stamp - self._stamp_at_connect) // 2
+
     def _counters(self) -> tuple[int, int, int]:
         assert self._slot is not None
-        return self._slot.index, self._sent, 0
+        return self._slot.index, self._published(), 0
 
     def send(self, data: Union[List[Any], tuple[Any, ...]]) -> None:
         """Publish ``data`` (a list or tuple) as the pipe's current value.  Never blocks on receivers.
@@ -223,28 +239,33 @@ class FastSender(Endpoint):
                     f"packet encodes to {n} bytes; Fast pipe {self._name!r} carries at most "
                     f"{self._slot_size} bytes per packet: create it with a larger slot_size"
                 )
-            buffer = self._current ^ 1
-            seq = self._seq_index[buffer]
-            start = self._payload_start[buffer]
-            words = self._data
             self._stamp = stamp = self._stamp + 2
+            seq, length, write_ns, start, publish_bits = self._targets[(stamp >> 1) & 1]
+            words = self._data
             words[seq] = stamp - 1  # odd: being written
             pipe.data[start : start + n] = encoded
-            words[seq + _LENGTH] = n
-            words[seq + _WRITE_NS] = _time_ns()
+            words[length] = n
+            words[write_ns] = _time_ns()
             words[seq] = stamp  # even: complete
-            words[_LATEST] = (stamp << 8) | self._lane_bits | buffer  # publish
-            self._current = buffer
-            self._sent = sent = self._sent + 1
-            if not sent & 0xFF:  # now and then: the count tools show, and another sender's override
-                pipe.header[self._slot_count] = sent
+            words[_LATEST] = (stamp << 8) | publish_bits  # publish
+            if not stamp & 0x1FE:  # every 256th: the count tools show, and another sender's override
+                pipe.header[self._slot_count] = self._sent_before + (stamp - self._stamp_at_connect) // 2
                 self._required = pipe.header[L.PACKET_LEN]
-            self._fence_acquire()  # a full barrier: "published" before "anyone asleep?"
-            self._fence_release()
-            if words[_SLEEPERS]:
-                _wake_sleepers(pipe, words)
         finally:
+            # Releasing a lock is an atomic read-modify-write, a full barrier on the CPUs we
+            # run on: it orders "published" before "anyone asleep?" (see format.md, Waiting).
             self._unlock()
+        try:
+            sleepers = words[_SLEEPERS]
+        except ValueError:  # another thread closed this sender since: nothing to wake
+            return
+        if sleepers:
+            self._wake(pipe)
+
+    def _wake(self, pipe: Pipe) -> None:
+        with self._send_lock:
+            if self._pipe is pipe:  # not closed by another thread meanwhile
+                _wake_sleepers(pipe, self._data)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the value last sent is published.  On shared memory ``send()``

@@ -575,6 +575,39 @@ def test_idle_receive_loop_costs_no_cpu_and_wakes_fast(name: str, reaper: Reaper
     assert child.wait(30) == 0, child.describe()
 
 
+# Answers each value of pipe argv[1] with the same value on pipe argv[2], sleeping
+# in receive(timeout=None) between them; ends on [-1].
+FAST_ECHO = """
+import sys, pipebit
+with pipebit.FastReceiver(sys.argv[1], 0, start="new") as pings, pipebit.FastSender(sys.argv[2], 0) as pongs:
+    print("ready", flush=True)
+    for packet in pings:
+        if packet == [-1]:
+            break
+        pongs.send(packet)
+print("done", flush=True)
+"""
+
+
+def test_no_wake_up_is_lost_between_sleeping_processes(make_name: Callable[[], str], reaper: Reaper) -> None:
+    # Each side sleeps on every wait, so each value meets a receiver going to sleep
+    # just as it is published: the race the barrier between "published" and "anyone
+    # asleep?" settles.  A lost wake-up costs a 2 s sleep slice (SLEEP_SLICE).
+    ping, pong = make_name(), make_name()
+    with pipebit.FastReceiver(pong, 0, start="new") as pongs, pipebit.FastSender(ping, 0) as pings:
+        child = Child(reaper, FAST_ECHO, ping, pong)
+        child.expect("ready", 30)
+        slowest = 0.0
+        for i in range(2000):
+            sent_at = time.monotonic()
+            pings.send([i])
+            assert pongs.receive(timeout=10) == [[i]]
+            slowest = max(slowest, time.monotonic() - sent_at)
+        pings.send([-1])
+        child.expect("done", 30)
+    assert slowest < 1.0, f"a round trip took {slowest:.3f} s: a wake-up was lost"
+
+
 # ----------------------------------------------------- 10. receive(), close, iteration, fork
 @both_transports
 def test_receive_none_waits_for_a_send_from_another_thread(name: str) -> None:
@@ -634,6 +667,44 @@ def test_closed_endpoints_raise_and_reopen(name: str) -> None:
     finally:
         sender.close_connection()
         receiver.close_connection()
+
+
+def test_a_reconnecting_sender_writes_beside_the_published_value_and_keeps_count(name: str) -> None:
+    """Each publication goes to the lane buffer readers are not told to read, also the
+    first one after a reconnect or after another sender took the lane over; the sender's
+    count of packets carries across its connections."""
+
+    def published_buffer() -> tuple[int, int]:
+        with pipebit.FastReceiver(name, 0) as probe:
+            assert probe._pipe is not None
+            latest = probe._pipe.words[L.F_LATEST]
+        return (latest >> 1) & 0x7F, latest & 1
+
+    sender = pipebit.FastSender(name, 0)
+    try:
+        seen = []
+        for connection in range(3):
+            for i in range(3):
+                sender.send([connection, i])
+                seen.append(published_buffer())
+            assert sender.stats().packets == 3 * (connection + 1)
+            sender.close_connection()
+            sender.open_connection()
+        lanes = {lane for lane, _ in seen}
+        assert lanes == {0}
+        buffers = [buffer for _, buffer in seen]
+        assert all(a != b for a, b in zip(buffers, buffers[1:])), buffers
+    finally:
+        sender.close_connection()
+    with pipebit.FastSender(name, 0) as successor:  # takes over the free lane 0
+        successor.send(["next"])
+        assert published_buffer() == (0, buffers[-1] ^ 1)
+        successor.send(["after"])
+        assert published_buffer() == (0, buffers[-1])
+        assert successor.stats().packets == 2
+        assert successor.stats().pipe.packets_written == 11
+    with pipebit.FastReceiver(name, 0) as receiver:
+        assert receiver.receive(timeout=0) == [["after"]]
 
 
 # Iterates a receiver in a thread and closes it from the main thread, ``rounds``
