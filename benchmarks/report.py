@@ -177,13 +177,16 @@ COSTS = """\
   `send()` into the steps no pure-Python sender can avoid (the caller's own loop, a method call, the
   encoding, a lock, an append) and what PipeBit adds (checks, queue bounds, byte accounting); the
   delivery thread's share (joining a batch, copying it into the ring) is small.
-- Fast `send()` takes no lock shared with other processes and never waits, so readers do not slow it
-  per CPU-second; on a 2-core machine, busy-polling readers still take CPU time away from the sender.
-  Its own cost is well above Safe's: publishing through a seqlock means four 8-byte stores and a
-  payload copy into shared memory, a clock read and a memory barrier (a lock round), each a separate
-  Python-level operation. At ~1.2-1.7 µs per update (below), one sender tops out near 0.6-0.8M
-  updates/s on a core of its own, so the 1M updates/s target is out of reach for this design in pure
-  Python; with 3 busy-polling readers on 2 cores it gets about half a core.
+- Fast `send()` takes no lock shared with other processes and never waits for readers. Readers still
+  cost it a little: each poll pulls the register's cache line to the reader's core and the sender's next
+  store takes it back (see the per-CPU-second column), and on a 2-core machine busy-polling readers take
+  CPU time away from it. Its own cost is well above Safe's: a seqlock publication is five 8-byte stores,
+  a payload copy and a clock read, plus the lock between the sender's own threads, each a separate
+  Python-level operation. The table below puts the least such publication (no lock, no clock, no checks)
+  beside `FastSender.send()`, which takes about twice as long. Even the least one, ~0.5 µs in the
+  caller's loop, reaches about 1M updates/s only on a core of its own; with 3 busy-polling readers on 2
+  cores the sender gets half a core, so 1M updates/s with readers attached is out of reach for a
+  pure-Python sender here.
 - 1 MiB packets are bound by the receiver: each packet becomes a fresh 1 MiB `bytes` object, and when
   glibc has returned such blocks to the system in between, their pages fault on first use (tens to
   hundreds of faults per packet). `benchmarks/big_packets.py` shows the receiver's faults and CPU per
