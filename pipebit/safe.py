@@ -117,7 +117,8 @@ class SafeSender(Endpoint):
         self._flush_timeout = check_timeout(flush_timeout, "flush_timeout")
         self._set_mutex(threading.Lock())
         self._queue: collections.deque[bytes] = collections.deque()
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # as of the last _settle(): send()'s fast path counts down _credit instead
+        self._credit = self._granted = 0  # see _grant()
         self._pack = _codec.new_packer()  # used under self._mutex only
         self._in_flight = 0
         self._sent = 0
@@ -152,7 +153,6 @@ class SafeSender(Endpoint):
             self._max_packet = max_packet_bytes(pipe.capacity)
             self._batch_bytes = max(self._max_packet // 4, 1)
             self._queue_bytes = min(pipe.capacity, QUEUE_BYTES)  # one bigger packet still fits when empty
-            self._fast_bytes = min(self._queue_bytes, self._max_packet)  # send()'s one byte check
             self._abort.clear()
             self._worker = Worker(f"pipebit-{self._name}-sender", self._deliver)
             self._pipe = pipe
@@ -187,7 +187,7 @@ class SafeSender(Endpoint):
         with self._mutex:
             lost = len(self._queue) + self._in_flight
             self._queue.clear()
-            self._queued_bytes = self._in_flight = 0
+            self._queued_bytes = self._in_flight = self._credit = self._granted = 0
             self._cond.notify_all()
         self._pipe = None
         self._disconnected(pipe, slot)
@@ -205,7 +205,7 @@ class SafeSender(Endpoint):
         self._pipe = self._slot = self._worker = None
         self._healthy = False
         self._queue = collections.deque()
-        self._queued_bytes = self._in_flight = 0
+        self._queued_bytes = self._in_flight = self._credit = self._granted = 0
         self._set_mutex(threading.Lock())
         self._drop_inherited(pipe, slot)
 
@@ -247,13 +247,12 @@ class SafeSender(Endpoint):
                 if error is exc:
                     raise
                 raise error from exc
-            queued = self._queued_bytes + len(encoded)
-            queue = self._queue
-            # The common case in a stream: the delivery thread already has work (a non-empty
-            # queue means it was woken), the queue has room, and the packet is not too big.
-            if queue and queued <= self._fast_bytes and len(queue) < self._queue_size:
-                queue.append(encoded)
-                self._queued_bytes = queued
+            # The common case in a stream: the packet fits the credit _grant() left, so the
+            # queue has room, the packet is not too big and the delivery thread is awake.
+            credit = self._credit - len(encoded)
+            if credit >= 0:
+                self._credit = credit
+                self._queue.append(encoded)
             else:
                 self._enqueue(encoded, timeout)
         finally:
@@ -261,6 +260,7 @@ class SafeSender(Endpoint):
 
     def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
         """send()'s other cases, under the mutex: a packet too big, a full queue, an idle thread."""
+        self._settle()
         n = len(encoded)
         if n > self._max_packet:
             raise PacketSizeError(
@@ -279,6 +279,24 @@ class SafeSender(Endpoint):
         if self._worker_idle:
             self._worker_idle = False
             self._cond.notify()
+        self._grant()
+
+    def _grant(self) -> None:
+        """Give send()'s fast path a credit of bytes to queue without the slow checks.
+
+        Under the mutex, with a packet just queued (so the delivery thread is awake).
+        Every encoded packet is at least one byte, so a credit no larger than the room
+        left in packets, in bytes, and than the largest packet keeps every bound however
+        the fast path spends it.  Whoever reads or changes ``_queued_bytes`` settles first.
+        """
+        room = min(self._queue_bytes - self._queued_bytes, self._queue_size - len(self._queue), self._max_packet)
+        if room > 0:
+            self._credit = self._granted = room
+
+    def _settle(self) -> None:
+        """Count what the fast path queued on credit into ``_queued_bytes``; no credit is left."""
+        self._queued_bytes += self._granted - self._credit
+        self._credit = self._granted = 0
 
     def _commit_sparse(self, encoded: bytes) -> bool:
         """Write a lone packet straight into the ring, if traffic is sparse and there is room.
@@ -309,7 +327,11 @@ class SafeSender(Endpoint):
         deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
         self._blocked += 1
         try:
-            while len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
+            while True:
+                self._settle()  # another thread may have queued on credit meanwhile
+                queue = self._queue
+                if len(queue) < self._queue_size and not (queue and self._queued_bytes + n > self._queue_bytes):
+                    return
                 if self._pipe is None:
                     self._require_pipe()
                 if self._worker is not None:
@@ -374,6 +396,7 @@ class SafeSender(Endpoint):
                     self._cond.notify_all()  # flushers wait for an empty queue
                     self._cond.wait()
                 self._worker_idle = False
+                self._settle()
                 queue = self._queue
                 if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
                     batch, size = queue, self._queued_bytes  # all of it: swap, do not copy

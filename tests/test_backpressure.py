@@ -8,7 +8,9 @@ packets a stalled receiver has not read yet.
 
 from __future__ import annotations
 
+import random
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 import pipebit
 from pipebit import _layout as L
-from pipebit import _shm
+from pipebit import _shm, safe
 
 from .conftest import Reaper
 from .helpers import Child
@@ -176,3 +178,56 @@ def test_send_and_flush_time_out_while_a_receiver_is_stalled(name: str) -> None:
     finally:
         sender.close_connection()
         receiver.close_connection()
+
+
+@pytest.mark.parametrize("queue_size", [7, 8192])
+def test_the_send_queue_keeps_both_bounds_with_threads_and_mixed_sizes(name: str, queue_size: int) -> None:
+    # send() mostly queues on a credit its slow path grants, checking no bound itself:
+    # whatever it does, the queue holds at most queue_size packets and at most its byte
+    # budget (but for one packet alone), its byte count is exact, and nothing is lost.
+    rng = random.Random(queue_size)
+    sizes = [rng.choice([1, 3, 40, 700, 5000, 60000]) for _ in range(600)]
+    sender = pipebit.SafeSender(name, 0, capacity=1 << 17, queue_size=queue_size)
+    receiver = pipebit.SafeReceiver(name, 0, max_cached=1)  # reads one record, then stalls until receive()
+    seen: list[tuple[int, int, int]] = []  # (packets, bytes as counted, bytes really) in the queue
+    stop = threading.Event()
+
+    def watch() -> None:  # samples the queue under its lock while the senders push
+        while not stop.is_set():
+            with sender._mutex:
+                sender._settle()
+                seen.append((len(sender._queue), sender._queued_bytes, sum(map(len, sender._queue))))
+            time.sleep(0.0005)
+
+    def push(thread: int) -> None:
+        for i, size in enumerate(sizes):
+            sender.send([thread, i, bytes(size)], timeout=30)
+
+    watcher = threading.Thread(target=watch)
+    pushers = [threading.Thread(target=push, args=(t,)) for t in range(2)]
+    got: list[Any] = []
+    try:
+        watcher.start()
+        for thread in pushers:
+            thread.start()
+        time.sleep(0.5)  # the ring and the queue fill up; the senders block
+        deadline = time.monotonic() + 60
+        while len(got) < 2 * len(sizes) and time.monotonic() < deadline:
+            got += receiver.receive(timeout=0.2)
+            time.sleep(0.002)  # a slow reader: the queue stays near its bounds
+        for thread in pushers:
+            thread.join(30)
+    finally:
+        stop.set()
+        watcher.join(10)
+        sender.close_connection()
+        receiver.close_connection()
+    assert len(got) == 2 * len(sizes)
+    for thread in range(2):
+        assert [p[1] for p in got if p[0] == thread] == list(range(len(sizes)))
+        assert [len(p[2]) for p in got if p[0] == thread] == sizes
+    queue_bytes = min(1 << 17, safe.QUEUE_BYTES)
+    assert all(counted == really for _, counted, really in seen)
+    assert max(count for count, _, _ in seen) <= queue_size
+    assert all(nbytes <= queue_bytes or count == 1 for count, nbytes, _ in seen), max(seen, key=lambda s: s[1])
+    assert max(count for count, _, _ in seen) >= min(queue_size, 2)  # the queue did fill
