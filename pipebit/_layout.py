@@ -164,6 +164,9 @@ def slot_base(index: int) -> int:
     return (TABLE_OFFSET + index * SLOT_SIZE) // 8
 
 
+SLOT_BASES = tuple(slot_base(index) for index in range(SLOT_COUNT))  # slot_base() of every slot, in order
+
+
 def align(n: int) -> int:
     """Round ``n`` up to the ring's alignment."""
     return (n + ALIGN - 1) & ~(ALIGN - 1)

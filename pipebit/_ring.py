@@ -44,6 +44,22 @@ MAX_RECORD_PACKETS = 8192
 
 _fence_lock = threading.Lock()
 
+# Bound once: module globals are cheaper to reach than attributes, and a request/reply
+# exchange pays _place() and _wake_receivers() on every packet.
+_HEAD, _TAIL, _PACKETS, _LAST_WRITE_NS = L.HEAD, L.TAIL, L.PACKETS, L.LAST_WRITE_NS
+_WRITERS_WAITING, _FLAGS, _REMOVED = L.WRITERS_WAITING, L.FLAGS, L.FLAG_REMOVED
+_SLOT_HIGH, _SLOT_BASES, _S_ROLE, _S_CURSOR, _S_WAITING = L.SLOT_HIGH, L.SLOT_BASES, L.S_ROLE, L.S_CURSOR, L.S_WAITING
+_RECEIVER, _RECORD_HEADER, _pack_record = L.ROLE_RECEIVER, L.RECORD_HEADER, L.RECORD.pack_into
+_unpack_record, _WRAP_MARK, _S_TOKEN, _S_NEXT_SEQ, _S_COUNT = (
+    L.RECORD.unpack_from,
+    L.WRAP_MARK,
+    L.S_TOKEN,
+    L.S_NEXT_SEQ,
+    L.S_COUNT,
+)
+_decode_batch = _codec.decode_batch
+_time_ns = time.time_ns
+
 
 def fence() -> None:
     # Taking a lock is an atomic read-modify-write: a full memory barrier on the
@@ -119,45 +135,46 @@ class RingWriter:
         h = pipe.header
         cap = self.capacity
         size = len(payload) + len(rest)
-        length = L.align(L.RECORD_HEADER + size)
+        length = L.align(_RECORD_HEADER + size)
         flag = self._flag
         self._moved_head = False
         with pipe.lock:
             if flag is not None:
                 h[flag] = 0
-            if pipe.removed:
+            if h[_FLAGS] & _REMOVED:
                 raise PipeClosedError(f"pipe {pipe.name!r} was removed while this sender was attached")
             while True:
-                head = h[L.HEAD]
+                head = h[_HEAD]
                 offset = head % cap
                 wrap = length > cap - offset
                 need = cap - offset if wrap else length
-                lowest, holder = self._lowest_cursor(head)
+                lowest, holder = self._lowest_cursor(h, head)
                 floor = head + need - cap
                 if lowest < floor:
                     break
-                self._drop_retained(floor, head)
+                if h[_TAIL] < floor:
+                    self._drop_retained(floor, head)
                 if wrap:
                     L.WRAP.pack_into(pipe.data, offset, L.WRAP_MARK)
-                    h[L.HEAD] = head + need
+                    h[_HEAD] = head + need
                     self._moved_head = True
                     continue  # the record goes at the start of the next lap
                 data = pipe.data
-                L.RECORD.pack_into(data, offset, size, count, h[L.PACKETS])
-                start = offset + L.RECORD_HEADER
+                _pack_record(data, offset, size, count, h[_PACKETS])
+                start = offset + _RECORD_HEADER
                 data[start : start + len(payload)] = payload
                 if rest:
                     data[start + len(payload) : start + size] = rest
-                h[L.PACKETS] += count
-                h[L.LAST_WRITE_NS] = time.time_ns()
-                h[L.HEAD] = head + length  # publish: everything above is now visible
-                if h[L.WRITERS_WAITING]:
-                    h[L.WRITERS_WAITING] = self._others_waiting()
+                h[_PACKETS] += count
+                h[_LAST_WRITE_NS] = _time_ns()
+                h[_HEAD] = head + length  # publish: everything above is now visible
+                if h[_WRITERS_WAITING]:
+                    h[_WRITERS_WAITING] = self._others_waiting()
                 return True
             if waiting:
                 if flag is not None:
                     h[flag] = 1
-                h[L.WRITERS_WAITING] = 1  # receivers: post the writers' semaphore when you advance
+                h[_WRITERS_WAITING] = 1  # receivers: post the writers' semaphore when you advance
                 self._maybe_reclaim(holder)
             return False
 
@@ -168,8 +185,7 @@ class RingWriter:
         writer cannot clear it); this is where it is put right.
         """
         h = self.pipe.header
-        for index in range(h[L.SLOT_HIGH]):
-            base = L.slot_base(index)
+        for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
             if base + L.S_WAITING == self._flag or h[base + L.S_ROLE] != L.ROLE_SENDER:
                 continue
             if h[base + L.S_WAITING]:
@@ -178,14 +194,13 @@ class RingWriter:
                 self.pipe.free_dead_slot(index)
         return 0
 
-    def _lowest_cursor(self, head: int) -> tuple[int, int]:
+    @staticmethod
+    def _lowest_cursor(h: memoryview, head: int) -> tuple[int, int]:
         """(lowest position an attached receiver still needs, or ``head``; its slot or -1)."""
-        h = self.pipe.header
         lowest, holder = head, -1
-        for index in range(h[L.SLOT_HIGH]):
-            base = L.slot_base(index)
-            if h[base + L.S_ROLE] == L.ROLE_RECEIVER:
-                cursor = h[base + L.S_CURSOR]
+        for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
+            if h[base + _S_ROLE] == _RECEIVER:
+                cursor = h[base + _S_CURSOR]
                 if cursor < lowest:
                     lowest, holder = cursor, index
         return lowest, holder
@@ -223,9 +238,8 @@ class RingWriter:
 
     def _wake_receivers(self) -> None:
         h = self.pipe.header
-        for index in range(h[L.SLOT_HIGH]):
-            base = L.slot_base(index)
-            if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+        for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
+            if h[base + _S_WAITING] and h[base + _S_ROLE] == _RECEIVER:
                 self.pipe.slot_semaphore(index).release()
 
 
@@ -277,14 +291,14 @@ class RingReader:
         """
         pipe = self.pipe
         h = pipe.header
-        base = self.slot.base
-        if h[base + L.S_TOKEN] != self.slot.token:
+        slot = self.slot
+        if h[slot.base + _S_TOKEN] != slot.token:
             raise PipeClosedError(f"this receiver's slot in pipe {pipe.name!r} was taken over; it was detached")
-        head = h[L.HEAD]
-        cursor = self.cursor
+        head = h[_HEAD]
+        cursor = first = self.cursor
         self.bytes_read = 0
         if cursor == head:
-            if pipe.removed:
+            if h[_FLAGS] & _REMOVED:
                 raise PipeClosedError(f"pipe {pipe.name!r} was removed while this receiver was attached")
             return []
         data, cap = pipe.data, self.capacity
@@ -296,28 +310,30 @@ class RingReader:
                     f"pipe {pipe.name!r}: head {head} is impossible for a receiver at {cursor}; "
                     "something other than PipeBit wrote to the segment"
                 )
-            while cursor < head and len(out) < limit and cursor - self.cursor < byte_limit:
+            while cursor < head and len(out) < limit and cursor - first < byte_limit:
                 offset = cursor % cap
                 room = cap - offset
-                length = L.RECORD.unpack_from(data, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
-                if length == L.WRAP_MARK:
+                if room >= _RECORD_HEADER:
+                    length, count, first_seq = _unpack_record(data, offset)
+                else:
+                    length = _WRAP_MARK  # a wrap mark may be only its first field, in the lap's last bytes
+                if length == _WRAP_MARK:
                     if offset == 0:  # every record fits at the start of a lap: no writer marks one
                         raise CorruptPacketError(f"pipe {pipe.name!r}: wrap mark at the start of a lap")
                     cursor += room
                     continue
-                _, count, first_seq = L.RECORD.unpack_from(data, offset)
-                end = cursor + L.align(L.RECORD_HEADER + length)
-                if length > room - L.RECORD_HEADER or end > head or count == 0 or first_seq < next_seq:
+                end = cursor + L.align(_RECORD_HEADER + length)
+                if length > room - _RECORD_HEADER or end > head or count == 0 or first_seq < next_seq:
                     raise CorruptPacketError(
                         f"pipe {pipe.name!r}: record at position {cursor} (length {length}, {count} packets, "
                         f"first {first_seq}, expected at least {next_seq}) is not one PipeBit wrote"
                     )
-                start = offset + L.RECORD_HEADER
+                start = offset + _RECORD_HEADER
                 # Released on the way out even if decoding fails: an exception holding
                 # a view of the mapping would keep the segment from being unmapped.
                 with data[start : start + length] as payload:
                     try:
-                        packets = _codec.decode_batch(payload, count)
+                        packets = _decode_batch(payload, count)
                     except CorruptPacketError as exc:
                         raise CorruptPacketError(f"pipe {pipe.name!r}, record at position {cursor}: {exc}") from None
                 if out:
@@ -330,7 +346,7 @@ class RingReader:
             cursor, next_seq = head, h[L.PACKETS]
             self._advance(cursor, next_seq, 0)
             raise
-        self.bytes_read = cursor - self.cursor
+        self.bytes_read = cursor - first
         self._advance(cursor, next_seq, len(out))
         return out
 
@@ -339,10 +355,10 @@ class RingReader:
         base = self.slot.base
         self.cursor = cursor
         self.next_seq = next_seq
-        h[base + L.S_NEXT_SEQ] = next_seq
-        h[base + L.S_COUNT] += count
-        h[base + L.S_CURSOR] = cursor  # the bytes below are now the writers' again
-        if h[L.WRITERS_WAITING]:
+        h[base + _S_NEXT_SEQ] = next_seq
+        h[base + _S_COUNT] += count
+        h[base + _S_CURSOR] = cursor  # the bytes below are now the writers' again
+        if h[_WRITERS_WAITING]:
             self.pipe.writer_semaphore().release()
 
     def wait(self, timeout: float) -> bool:

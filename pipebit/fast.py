@@ -65,8 +65,7 @@ def _wake_sleepers(pipe: Pipe, data: memoryview) -> None:
     """Post the semaphore of every Fast receiver asleep waiting for a value."""
     data[L.F_SLEEPERS] = 0
     h = pipe.header
-    for index in range(h[L.SLOT_HIGH]):
-        base = L.slot_base(index)
+    for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]]):
         if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
             pipe.slot_semaphore(index).release()
 

@@ -64,6 +64,7 @@ _sched_yield = getattr(os, "sched_yield", lambda: None)  # releases the GIL as w
 # The longest the caching thread sleeps before looking by itself.  Senders wake
 # it at once; this only bounds the cost of a wake-up lost to a crash.
 SLEEP_SLICE = 2.0
+_SECONDS = (int, float)  # timeouts of these exact types (not bool) skip check_timeout() when >= 0
 # After a receive() call returns, the caching thread leaves the ring to the
 # application for this long, so a receive() loop reads with no thread hand-off.
 HANDBACK = 0.02
@@ -588,10 +589,14 @@ class SafeReceiver(Endpoint):
         spinning), forever with ``None``, not at all with ``0``.  One call
         returns at most ``max_cached`` packets beyond those already cached.
         """
-        limit = check_timeout(timeout)
+        # A request/reply exchange pays this per packet: one mutex round on the way in
+        # (which also takes the ring when it is free) and one on the way out.
+        limit = timeout if timeout.__class__ in _SECONDS and timeout >= 0 else check_timeout(timeout)
         with self._mutex:
             if self._cache:
-                return self._take_cache()
+                cached = self._take_cache()
+                self._returned += len(cached)
+                return cached
             self._require_pipe()
             if self._problem is not None:
                 problem, self._problem = self._problem, None
@@ -599,42 +604,51 @@ class SafeReceiver(Endpoint):
             assert self._worker is not None
             self._worker.check()
             self._callers += 1
+            # Taken under the mutex with the cache empty, the ring stays ours and the cache
+            # empty: the caching thread only adds to the cache while it holds the read lock.
+            handed_over = not self._read_lock.acquire(blocking=False)
+        packets: list[Packet] = []
         try:
-            if not self._read_lock.acquire(blocking=False):
+            if handed_over:
                 self._reader.interrupt()  # the caching thread sleeps on the ring: it hands over
                 self._read_lock.acquire()
             try:
-                return self._read_ring(limit)
+                packets = self._read_ring(limit, look_at_cache=handed_over)
+                return packets
             finally:
                 self._read_lock.release()
         finally:
             with self._mutex:
                 self._callers -= 1
                 self._last_call = time.monotonic()
+                self._returned += len(packets)
 
     def _take_cache(self) -> list[Packet]:
-        # Called with the mutex held.
+        # Called with the mutex held; the caller counts the packets as returned.
         packets = self._cache
         self._cache = []
         self._cached_bytes = 0
-        self._returned += len(packets)
         if self._reader_blocked:
             self._cond.notify_all()
         return packets
 
-    def _read_ring(self, limit: float | None) -> list[Packet]:
-        """Read the ring in the caller's thread, waiting up to ``limit``.  Holds the read lock."""
+    def _read_ring(self, limit: float | None, *, look_at_cache: bool) -> list[Packet]:
+        """Read the ring in the caller's thread, waiting up to ``limit``.  Holds the read lock.
+
+        ``look_at_cache``: first return what the caching thread read before it handed
+        over the ring (after each wait this is looked at anyway).
+        """
         deadline = None if limit is None else time.monotonic() + limit
         reader = self._reader
         while True:
-            with self._mutex:
-                self._require_pipe()  # closed while we waited
-                if self._cache:  # what the thread read before it handed over comes first
-                    return self._take_cache()
+            if look_at_cache:
+                with self._mutex:
+                    self._require_pipe()  # closed while we waited
+                    if self._cache:  # what the thread read before it handed over comes first
+                        return self._take_cache()
+            look_at_cache = True
             packets = reader.read(self._max_cached)
             if packets:
-                with self._mutex:
-                    self._returned += len(packets)
                 return packets
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

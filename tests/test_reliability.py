@@ -226,7 +226,7 @@ while True:
     offset = head % cap
     if phase == "locked":
         break
-    lowest, _ = writer._lowest_cursor(head)
+    lowest, _ = writer._lowest_cursor(h, head)
     if length <= cap - offset and lowest >= head + length - cap:
         break
     pipe.lock.release()  # no room, or the record would need a wrap mark: let the stream move on
