@@ -16,8 +16,9 @@ Every packet is ``[lane, sender_id, seq, payload, crc32(payload)]``.  Each
 receiver checks, per sender id, that packets are whole (checksum) and
 contiguous and ordered from the first one it got.  At the end the anchors must
 hold, for every sender id, everything from its first packet to the last one the
-pipe received: lost packets must be 0.  A killed sender's queued tail, never
-delivered into the pipe, is reported separately (it cannot be delivered).
+pipe received: lost packets must be 0.  A killed sender's tail -- packets it
+called send() for that never reached the pipe -- is reported separately (it
+cannot be delivered).
 
 Memory is sampled all along: RSS of every process (the growth of the
 long-lived ones after warm-up must stay under ``--max-rss-growth``) and the
@@ -98,9 +99,11 @@ def run_sender(args: argparse.Namespace) -> int:
                 size = rng.randrange(largest // 4, largest) if big else rng.randrange(args.max_payload + 1)
                 offset = rng.randrange(len(pool) - size + 1)
                 data = pool[offset : offset + size]
+                # Counted before the call: send() may put the packet into the pipe itself, and
+                # a SIGKILL right after that must not leave the packet uncounted.
+                counter[0] = seq + 1  # send() was called, whether or not the packet reaches the pipe
                 sender.send([args.lane, args.sid, seq, data, zlib.crc32(data)])
                 seq += 1
-                counter[0] = seq  # sent (queued), whether or not it reaches the pipe
         if now >= report:
             _say("progress", sid=args.sid, sent=seq - args.start_seq)
             report = now + PROGRESS_EVERY_S
@@ -662,7 +665,7 @@ class Soak:
             ("packets lost", f"{s['packets_lost']} (attached receivers)"),
             ("corrupt / disordered", f"{s['corrupt']} / {s['disorder']}"),
             ("senders", f"{s['senders']} ({s['senders_killed']} SIGKILLed and replaced)"),
-            ("undelivered tails", f"{sum(tails.values()):,} packets queued by killed senders: {tails}"),
+            ("undelivered tails", f"{sum(tails.values()):,} packets sent by killed senders, not in the pipe: {tails}"),
             (
                 "receivers",
                 f"{s['receivers_joined']} joined, {s['receivers_left']} left, {s['receivers_killed']} SIGKILLed",
