@@ -46,6 +46,11 @@ def check_debug(debug: object) -> bool:
     return bool(debug)
 
 
+# Timeouts of exactly these types (not bool) that are >= 0 need no check_timeout():
+# receive() loops that poll millions of times test this inline instead.
+PLAIN_SECONDS = (int, float)
+
+
 def check_timeout(timeout: object, what: str = "timeout") -> float | None:
     """The ``queue`` contract: ``None`` waits forever, a number >= 0 is seconds."""
     if timeout is None:

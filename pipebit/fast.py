@@ -25,7 +25,7 @@ from typing import Any, Iterator, List, Union
 
 from . import _codec, _shm
 from . import _layout as L
-from ._endpoint import Endpoint, check_count, check_timeout
+from ._endpoint import PLAIN_SECONDS, Endpoint, check_count, check_timeout
 from ._pipe import Pipe, Slot
 from ._ring import fence
 from .errors import CorruptPacketError, InvalidArgumentError, PacketSizeError, PipeBusyError, PipeClosedError
@@ -45,7 +45,6 @@ SLEEP_SLICE = 2.0
 _LATEST, _SLEEPERS = L.F_LATEST, L.F_SLEEPERS
 _LENGTH, _WRITE_NS = L.B_LENGTH, L.B_WRITE_NS
 _FLAGS, _REMOVED = L.FLAGS, L.FLAG_REMOVED
-_SECONDS = (int, float)  # timeouts of these exact types (not bool) skip check_timeout() when >= 0
 _time_ns = time.time_ns
 
 
@@ -139,7 +138,7 @@ class FastSender(Endpoint):
             for nth, buffer in ((1, first), (2, first ^ 1)):  # the next publication, and the one after
                 seq = offsets[buffer] // 8 + L.B_SEQ
                 payload = offsets[buffer] + L.BUFFER_HEADER
-                targets[(self._stamp >> 1) + nth & 1] = (
+                targets[((self._stamp >> 1) + nth) & 1] = (
                     seq,
                     seq + _LENGTH,
                     seq + _WRITE_NS,
@@ -248,7 +247,7 @@ class FastSender(Endpoint):
             words[seq] = stamp  # even: complete
             words[_LATEST] = (stamp << 8) | publish_bits  # publish
             if not stamp & 0x1FE:  # every 256th: the count tools show, and another sender's override
-                pipe.header[self._slot_count] = self._sent_before + (stamp - self._stamp_at_connect) // 2
+                pipe.header[self._slot_count] = self._published()
                 self._required = pipe.header[L.PACKET_LEN]
         finally:
             # Releasing a lock is an atomic read-modify-write, a full barrier on the CPUs we
@@ -373,7 +372,7 @@ class FastReceiver(Endpoint):
         0.1), forever with ``None``, not at all with ``0``.
         """
         # Readers poll with timeout=0 in tight loops: this is a hot path too.
-        limit = timeout if timeout.__class__ in _SECONDS and timeout >= 0 else check_timeout(timeout)
+        limit = timeout if timeout.__class__ in PLAIN_SECONDS and timeout >= 0 else check_timeout(timeout)
         self._users_acquire()
         try:
             pipe = self._pipe

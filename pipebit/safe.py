@@ -33,7 +33,7 @@ from typing import Any, Iterator, List, Union
 
 from . import _codec
 from . import _layout as L
-from ._endpoint import Endpoint, check_capacity, check_count, check_spin, check_timeout
+from ._endpoint import PLAIN_SECONDS, Endpoint, check_capacity, check_count, check_spin, check_timeout
 from ._ring import MAX_RECORD_PACKETS, Aborted, RingReader, RingWriter, max_packet_bytes, start_position
 from ._worker import Worker
 from .errors import (
@@ -64,7 +64,6 @@ _sched_yield = getattr(os, "sched_yield", lambda: None)  # releases the GIL as w
 # The longest the caching thread sleeps before looking by itself.  Senders wake
 # it at once; this only bounds the cost of a wake-up lost to a crash.
 SLEEP_SLICE = 2.0
-_SECONDS = (int, float)  # timeouts of these exact types (not bool) skip check_timeout() when >= 0
 # After a receive() call returns, the caching thread leaves the ring to the
 # application for this long, so a receive() loop reads with no thread hand-off.
 HANDBACK = 0.02
@@ -591,7 +590,7 @@ class SafeReceiver(Endpoint):
         """
         # A request/reply exchange pays this per packet: one mutex round on the way in
         # (which also takes the ring when it is free) and one on the way out.
-        limit = timeout if timeout.__class__ in _SECONDS and timeout >= 0 else check_timeout(timeout)
+        limit = timeout if timeout.__class__ in PLAIN_SECONDS and timeout >= 0 else check_timeout(timeout)
         with self._mutex:
             if self._cache:
                 cached = self._take_cache()
