@@ -72,6 +72,12 @@ HANDBACK = 0.02
 AUTO_SPIN_NS = 50_000
 # A poll looks without pause this long, then yields the CPU between looks.
 POLL_BEFORE_YIELD = 10e-6
+# A receive() call stops reading the ring once it has decoded this many bytes of records
+# (it always takes at least one record).  An application frees what one call returned
+# all at once; megabytes of big packets freed together make glibc hand the memory back
+# to the system, and the next packets then fault in fresh pages (a 1 MiB packet stream
+# here: 75 page faults and ~350 us of receiver CPU per packet, against 3 and ~90 us).
+READ_BYTES = 1 << 20
 
 
 class SafeSender(Endpoint):
@@ -436,7 +442,8 @@ class SafeReceiver(Endpoint):
     * ``capacity`` -- ring bytes, when this receiver creates the pipe.
     * ``max_cached`` -- packets read ahead before the background thread stops
       reading (it may overshoot by one record of at most 8192 packets); also the
-      most one ``receive()`` reads from the ring at once.
+      most one ``receive()`` reads from the ring at once (which also stops after
+      about 1 MiB of packets, so big ones come a few per call).
     * ``max_cached_bytes`` -- the same bound in bytes (as the packets take in the
       ring; default 64 MiB), so that big packets cannot fill memory either.
     * ``spin`` -- how long a waiting ``receive()`` polls the ring before it goes
@@ -586,7 +593,9 @@ class SafeReceiver(Endpoint):
         When none is waiting it waits for one: up to ``timeout`` seconds
         (default 0.1, so a ``while True: receive()`` loop sleeps instead of
         spinning), forever with ``None``, not at all with ``0``.  One call
-        returns at most ``max_cached`` packets beyond those already cached.
+        returns at most ``max_cached`` packets beyond those already cached, and
+        stops reading the pipe after about 1 MiB of packets (at least one): the
+        rest comes with the next call.
         """
         # A request/reply exchange pays this per packet: one mutex round on the way in
         # (which also takes the ring when it is free) and one on the way out.
@@ -646,7 +655,7 @@ class SafeReceiver(Endpoint):
                     if self._cache:  # what the thread read before it handed over comes first
                         return self._take_cache()
             look_at_cache = True
-            packets = reader.read(self._max_cached)
+            packets = reader.read(self._max_cached, READ_BYTES)
             if packets:
                 return packets
             remaining = None if deadline is None else deadline - time.monotonic()

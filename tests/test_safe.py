@@ -324,3 +324,31 @@ def test_header_records_what_tools_need(name: str, make_name: Callable[[], str])
             header.release()
         finally:
             segment.close()
+
+
+def test_big_packets_come_a_few_per_receive_call_and_all_in_order(name: str) -> None:
+    # A call stops reading the ring after READ_BYTES of records (taking at least one),
+    # so that an application does not free many megabytes at once; nothing is skipped.
+    # max_cached_bytes=1 keeps the read-ahead thread to one record, so the packets wait
+    # in the ring for receive() to read itself.
+    from pipebit import safe
+
+    big = 400_000
+    with (
+        pipebit.SafeReceiver(name, 0, capacity=32 << 20, max_cached_bytes=1) as receiver,
+        pipebit.SafeSender(name, 0) as sender,
+    ):
+        for i in range(12):
+            sender.send([i, bytes([i]) * big])
+        sender.flush(timeout=30)
+        calls: list[list[Any]] = []
+        deadline = time.monotonic() + 30
+        while sum(map(len, calls)) < 12 and time.monotonic() < deadline:
+            got = receiver.receive(timeout=0.5)
+            if got:
+                calls.append(got)
+    packets = [p for call in calls for p in call]
+    assert [p[0] for p in packets] == list(range(12))
+    assert all(p[1] == bytes([p[0]]) * big for p in packets)
+    # Each call holds at most what reaches READ_BYTES plus the record that crossed it.
+    assert all(len(call) * big <= safe.READ_BYTES + 2 * big for call in calls), [len(c) for c in calls]
