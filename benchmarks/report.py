@@ -164,7 +164,7 @@ COSTS = """\
   ping-pongs two processes over bare POSIX semaphores: as soon as each side does even 2 µs of work
   between posts, so that the other really goes to sleep, the two wake-ups of a round trip cost about
   55-65 µs together, whatever the library (with no work at all, ~6 µs). PipeBit's own work per round
-  trip is about 15 µs (the spin row, where nobody sleeps), so the `spin=0` row lands level with `mp.Pipe`.
+  trip is 12-20 µs (the spin row, where nobody sleeps), so the `spin=0` row lands level with `mp.Pipe`.
   The default `spin="auto"` avoids the wake-ups where they would come thick and fast: a waiting
   `receive()` polls for up to 50 µs, but only while the record it last waited for was committed within
   50 µs of the wait starting (the ring header holds the commit time). An exchange settles into polling
@@ -187,11 +187,14 @@ COSTS = """\
   caller's loop, reaches about 1M updates/s only on a core of its own; with 3 busy-polling readers on 2
   cores the sender gets half a core, so 1M updates/s with readers attached is out of reach for a
   pure-Python sender here.
-- 1 MiB packets are bound by the receiver: each packet becomes a fresh 1 MiB `bytes` object, and when
-  glibc has returned such blocks to the system in between, their pages fault on first use (tens to
-  hundreds of faults per packet). `benchmarks/big_packets.py` shows the receiver's faults and CPU per
-  packet with glibc's defaults and with its trim and mmap thresholds raised; the peers pay the same
-  allocation, which is why their bandwidth swings as much as PipeBit's from run to run.
+- 1 MiB packets: each received packet becomes a fresh 1 MiB `bytes` object. An application frees what
+  one `receive()` returned all at once; when that was many megabytes, glibc handed the memory back to the
+  system and the next packets faulted in fresh pages (70-80 faults and ~350 µs of receiver CPU per
+  packet). A `receive()` call therefore stops reading the pipe after about 1 MiB of packets, which keeps
+  the freed blocks in glibc's hands for the next ones (2-3 faults, ~100 µs). `benchmarks/big_packets.py`
+  shows the receiver's faults and CPU per packet with glibc's defaults and with its trim and mmap
+  thresholds raised; the peers pay the same allocation, which is why their bandwidth swings from run
+  to run.
 - Memory under a slow receiver is bounded by configuration: the sender queues at most `queue_size`
   packets (8192) or 1 MiB, the ring is a fixed size (4 MiB of shared memory, allocated when the pipe is
   made and mapped whole at attach), and the receiver caches up to `max_cached` decoded packets (65536)
