@@ -126,6 +126,17 @@ class Pipe:
             sem = self._semaphores[index] = _shm.open_semaphore(self.name, f"{index:02d}")
         return sem
 
+    def wake_waiting_receivers(self) -> None:
+        """Post the semaphore of every receiver whose slot says it is asleep waiting for data.
+
+        Writers of both models call this after publishing, on every commit; hence the
+        precomputed slot bases (which also clip a hostile ``slot_high`` to the table).
+        """
+        h = self.header
+        for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]]):
+            if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+                self.slot_semaphore(index).release()
+
     def writer_semaphore(self) -> posix_ipc.Semaphore:
         """The semaphore writers waiting for room sleep on (cached)."""
         if self._writer_semaphore is None:

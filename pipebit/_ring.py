@@ -45,10 +45,10 @@ MAX_RECORD_PACKETS = 8192
 _fence_lock = threading.Lock()
 
 # Bound once: module globals are cheaper to reach than attributes, and a request/reply
-# exchange pays _place() and _wake_receivers() on every packet.
+# exchange pays _place() and read() on every packet.
 _HEAD, _TAIL, _PACKETS, _LAST_WRITE_NS = L.HEAD, L.TAIL, L.PACKETS, L.LAST_WRITE_NS
 _WRITERS_WAITING, _FLAGS, _REMOVED = L.WRITERS_WAITING, L.FLAGS, L.FLAG_REMOVED
-_SLOT_HIGH, _SLOT_BASES, _S_ROLE, _S_CURSOR, _S_WAITING = L.SLOT_HIGH, L.SLOT_BASES, L.S_ROLE, L.S_CURSOR, L.S_WAITING
+_SLOT_HIGH, _SLOT_BASES, _S_ROLE, _S_CURSOR = L.SLOT_HIGH, L.SLOT_BASES, L.S_ROLE, L.S_CURSOR
 _RECEIVER, _RECORD_HEADER, _pack_record = L.ROLE_RECEIVER, L.RECORD_HEADER, L.RECORD.pack_into
 _unpack_record, _WRAP_MARK, _S_TOKEN, _S_NEXT_SEQ, _S_COUNT = (
     L.RECORD.unpack_from,
@@ -237,10 +237,7 @@ class RingWriter:
             self.pipe.free_dead_slot(holder)
 
     def _wake_receivers(self) -> None:
-        h = self.pipe.header
-        for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
-            if h[base + _S_WAITING] and h[base + _S_ROLE] == _RECEIVER:
-                self.pipe.slot_semaphore(index).release()
+        self.pipe.wake_waiting_receivers()
 
 
 def start_position(h: memoryview, data: memoryview, capacity: int, start: str) -> tuple[int, int]:

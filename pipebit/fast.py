@@ -63,10 +63,7 @@ def _lane_owner(data: memoryview, lane: int) -> tuple[int, int]:
 def _wake_sleepers(pipe: Pipe, data: memoryview) -> None:
     """Post the semaphore of every Fast receiver asleep waiting for a value."""
     data[L.F_SLEEPERS] = 0
-    h = pipe.header
-    for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]]):
-        if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
-            pipe.slot_semaphore(index).release()
+    pipe.wake_waiting_receivers()
 
 
 class FastSender(Endpoint):

@@ -275,7 +275,7 @@ class SafeSender(Endpoint):
             )
         queue = self._queue
         if queue:
-            if len(queue) >= self._queue_size or self._queued_bytes + n > self._queue_bytes:
+            if self._no_room_for(n):
                 self._wait_for_room(n, timeout)
                 queue = self._queue
         elif self._worker_idle and self._commit_sparse(encoded):
@@ -298,6 +298,12 @@ class SafeSender(Endpoint):
         room = min(self._queue_bytes - self._queued_bytes, self._queue_size - len(self._queue), self._max_packet)
         if room > 0:
             self._credit = self._granted = room
+
+    def _no_room_for(self, n: int) -> bool:
+        """Whether the queue is full for a packet of ``n`` bytes (settled; under the mutex).
+        An empty queue always takes one packet, however big."""
+        queue = self._queue
+        return len(queue) >= self._queue_size or bool(queue and self._queued_bytes + n > self._queue_bytes)
 
     def _settle(self) -> None:
         """Count what the fast path queued on credit into ``_queued_bytes``; no credit is left."""
@@ -335,8 +341,7 @@ class SafeSender(Endpoint):
         try:
             while True:
                 self._settle()  # another thread may have queued on credit meanwhile
-                queue = self._queue
-                if len(queue) < self._queue_size and not (queue and self._queued_bytes + n > self._queue_bytes):
+                if not self._no_room_for(n):
                     return
                 if self._pipe is None:
                     self._require_pipe()
