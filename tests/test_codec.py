@@ -7,10 +7,11 @@ bools into ints (or loses the sign of zero) pass.
 
 from __future__ import annotations
 
+import gc
 import math
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -240,6 +241,78 @@ def _check_decoders(data: bytes, count: int) -> None:
 @example(data=b"\x90\x90", count=0)  # trailing bytes after a valid packet
 def test_arbitrary_bytes_decode_to_a_packet_or_raise_corrupt_packet_error(data: bytes, count: int) -> None:
     _check_decoders(data, count)
+
+
+# ------------------------------------------------- the garbage collector
+BIG_BATCH = 3000  # packets, each a list holding a list and a dict: 9000 new containers
+
+
+@pytest.fixture
+def collections_seen() -> Iterator[list[int]]:
+    """Generations of the collections that start while the test runs; the collector on."""
+    seen: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(info["generation"])
+
+    was_enabled = gc.isenabled()
+    gc.enable()
+    gc.callbacks.append(note)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(note)
+        if not was_enabled:
+            gc.disable()
+
+
+def big_record() -> bytes:
+    return _codec.join_batch([_codec.encode([i, [i], {"k": i}]) for i in range(BIG_BATCH)])
+
+
+def test_a_large_batch_decodes_with_the_collector_paused_and_turned_back_on(collections_seen: list[int]) -> None:
+    record = big_record()
+    gc.collect()
+    collections_seen.clear()
+    packets = _codec.decode_batch(memoryview(record), BIG_BATCH)
+    # 9000 new containers would set off about a dozen collections in the middle of decoding;
+    # paused, there is at most the one that catches up at the first allocation after it.
+    assert len(collections_seen) <= 1, collections_seen
+    assert gc.isenabled()
+    assert packets[0] == [0, [0], {"k": 0}]
+    assert packets[-1] == [BIG_BATCH - 1, [BIG_BATCH - 1], {"k": BIG_BATCH - 1}]
+    # One large packet alone is decoded the same way.
+    expected = [[[i] for i in range(BIG_BATCH)]]
+    one = _codec.encode(expected)
+    collections_seen.clear()
+    decoded = _codec.decode(one)
+    assert len(collections_seen) <= 1, collections_seen
+    assert decoded == expected
+    assert gc.isenabled()
+
+
+def test_a_collector_the_application_turned_off_stays_off(collections_seen: list[int]) -> None:
+    record = big_record()
+    gc.disable()
+    try:
+        assert len(_codec.decode_batch(record, BIG_BATCH)) == BIG_BATCH
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_the_collector_is_turned_back_on_when_a_large_record_is_corrupt(collections_seen: list[int]) -> None:
+    damaged = big_record()[:-1]
+    with pytest.raises(pipebit.CorruptPacketError):
+        _codec.decode_batch(damaged, BIG_BATCH)
+    assert gc.isenabled()
+    gc.collect()
+    collections_seen.clear()
+    garbage = [[i] for i in range(2000)]  # the collector runs again as usual
+    del garbage
+    assert [[i] for i in range(2000)]
+    assert collections_seen != []
 
 
 # ------------------------------------------------------------ refusals
