@@ -143,8 +143,10 @@ _unpack_options: dict[str, Any] = {
 # collections that scan (and promote to older generations) the very packets being built.
 # Paused while a payload of at least this many bytes decodes -- the bytes bound the number
 # of containers -- a receiver's CPU per small packet fell by about a fifth here
-# (benchmarks/floor.py: ~225 -> ~185 ns in batches of 4000).  Smaller payloads, such as a
-# request/reply's lone packet, skip the pause and its three calls.
+# (benchmarks/floor.py: ~225 -> ~185 ns in batches of 4000, CPython 3.11; from 3.12 on,
+# collections wait for the decoding call to return unless it runs Python code, as the
+# dict hook does).  Smaller payloads, such as a request/reply's lone packet, skip the
+# pause and its three calls.
 GC_PAUSE_BYTES = 2048
 _gc_isenabled, _gc_disable, _gc_enable = gc.isenabled, gc.disable, gc.enable
 
