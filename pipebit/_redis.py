@@ -242,9 +242,15 @@ def pipe_keys(name: str, model: str) -> list[str]:
     return found
 
 
+_AUTH_FAILURES = ("WRONGPASS", "NOAUTH", "unauthenticated")
+
+
 def describe(exc: BaseException, server: Server) -> TransportError:
     """The PipeBit error for a redis-py error talking to ``server``: whose fault, and what to check."""
-    if isinstance(exc, redis.AuthenticationError) or "WRONGPASS" in str(exc) or "NOAUTH" in str(exc):
+    text = str(exc)
+    # A server that wants a password may also answer a client that has not given one with
+    # "Protocol error: unauthenticated multibulk length" (what redis-py 7 meets) and hang up.
+    if isinstance(exc, redis.AuthenticationError) or any(word in text for word in _AUTH_FAILURES):
         why = "authentication failed (check the user and password in the URL)"
     elif isinstance(exc, (redis.TimeoutError, socket.timeout)) and "connecting" in str(exc).lower():
         if server.tls:
@@ -295,7 +301,8 @@ class Link:
         A lost connection is left for the caller's next attempt to meet."""
         try:
             for script in (self.open_script, self.add_script, self.publish_script, self.beat_script):
-                script.sha = self.client.script_load(script.script)
+                sha: Any = self.client.script_load(script.script)  # redis-py's type for it varies by version
+                script.sha = sha
         except Exception as exc:
             if not transient(exc):
                 raise describe(exc, self.server) from exc

@@ -369,7 +369,11 @@ class FastReceiver(Endpoint):
         0.1), forever with ``None``, not at all with ``0``.
         """
         # Readers poll with timeout=0 in tight loops: this is a hot path too.
-        limit = timeout if timeout.__class__ in PLAIN_SECONDS and timeout >= 0 else check_timeout(timeout)
+        limit = (
+            timeout
+            if timeout is not None and timeout.__class__ in PLAIN_SECONDS and timeout >= 0
+            else check_timeout(timeout)
+        )
         self._users_acquire()
         try:
             pipe = self._pipe

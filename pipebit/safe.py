@@ -604,7 +604,11 @@ class SafeReceiver(Endpoint):
         """
         # A request/reply exchange pays this per packet: one mutex round on the way in
         # (which also takes the ring when it is free) and one on the way out.
-        limit = timeout if timeout.__class__ in PLAIN_SECONDS and timeout >= 0 else check_timeout(timeout)
+        limit = (
+            timeout
+            if timeout is not None and timeout.__class__ in PLAIN_SECONDS and timeout >= 0
+            else check_timeout(timeout)
+        )
         with self._mutex:
             if self._cache:
                 cached = self._take_cache()
