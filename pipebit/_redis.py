@@ -252,7 +252,7 @@ def describe(exc: BaseException, server: Server) -> TransportError:
     # "Protocol error: unauthenticated multibulk length" (what redis-py 7 meets) and hang up.
     if isinstance(exc, redis.AuthenticationError) or any(word in text for word in _AUTH_FAILURES):
         why = "authentication failed (check the user and password in the URL)"
-    elif isinstance(exc, (redis.TimeoutError, socket.timeout)) and "connecting" in str(exc).lower():
+    elif isinstance(exc, (redis.TimeoutError, socket.timeout)) and "connecting" in text.lower():
         if server.tls:
             why = (
                 f"no answer within {CONNECT_TIMEOUT:g}s, or no TLS handshake within {SOCKET_TIMEOUT:g}s "

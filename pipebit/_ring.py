@@ -107,19 +107,19 @@ class RingWriter:
         flag = self._flag
         while not self._place(payload, count, rest, waiting=True):
             if self._moved_head:  # a wrap mark went in: receivers must step over it to make room
-                self._wake_receivers()
+                self.pipe.wake_waiting_receivers()
             if should_abort():
                 if flag is not None:
                     h[flag] = 0
                 raise Aborted
             _shm.sleep_on(self.pipe.writer_semaphore(), WRITER_NAP)
-        self._wake_receivers()
+        self.pipe.wake_waiting_receivers()
 
     def try_commit(self, payload: bytes, count: int, *, rest: bytes = b"") -> bool:
         """Like :meth:`commit`, but never waits: ``False`` if the ring has no room right now."""
         placed = self._place(payload, count, rest, waiting=False)
         if placed or self._moved_head:
-            self._wake_receivers()
+            self.pipe.wake_waiting_receivers()
         return placed
 
     def _place(self, payload: bytes, count: int, rest: bytes, *, waiting: bool) -> bool:
@@ -235,9 +235,6 @@ class RingWriter:
         if now >= due:
             self._probe_due.pop(holder, None)
             self.pipe.free_dead_slot(holder)
-
-    def _wake_receivers(self) -> None:
-        self.pipe.wake_waiting_receivers()
 
 
 def start_position(h: memoryview, data: memoryview, capacity: int, start: str) -> tuple[int, int]:
