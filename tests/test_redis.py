@@ -175,6 +175,29 @@ def test_wrong_or_missing_password_is_an_authentication_error(tmp_path: Path) ->
         guarded.stop()
 
 
+def test_a_server_hanging_up_on_an_unauthenticated_client_reads_as_an_authentication_error(
+    tmp_path: Path,
+) -> None:
+    # Some redis-py versions (7.x) send a command of many arguments before authenticating; a
+    # server that wants a password answers that with a protocol error, not NOAUTH.  Take the
+    # server's own words, then check PipeBit's translation of them.
+    redis = pytest.importorskip("redis")
+    from pipebit import _redis
+
+    guarded = start_server(tmp_path, "--requirepass", "right")
+    try:
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=5) as raw:
+            raw.sendall(b"*20\r\n")
+            reply = raw.recv(4096).decode()
+    finally:
+        guarded.stop()
+    assert reply.startswith("-"), reply
+    assert "unauthenticated" in reply, reply
+    error = redis.ResponseError(reply[1:].strip().removeprefix("ERR "))
+    server = _address.parse_server(f"redis://127.0.0.1:{guarded.port}/0")
+    assert "authentication failed" in str(_redis.describe(error, server))
+
+
 # ------------------------------------------------------------------------ safe model
 def test_create_false_and_the_model_and_size_rules(url: str) -> None:
     for cls in (pipebit.SafeSender, pipebit.SafeReceiver, pipebit.FastSender, pipebit.FastReceiver):
