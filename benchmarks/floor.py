@@ -152,7 +152,7 @@ def decode_per_packet(rounds: int, batch: int = 4000, batches: int = 100) -> tup
 
     def decode(n: int) -> None:
         for _ in range(n):
-            for packet in _codec.decode_batch(record, batch):
+            for packet in _codec.decode_batch(record, batch)[0]:
                 packet[0]
 
     def timed(pause_from: int) -> float:

@@ -24,6 +24,7 @@ from ._pipe import remove_pipe as remove
 from ._stats import EndpointStats, Participant, PipeStats, list_pipes, pipe_stats
 from .errors import (
     ArgumentTypeError,
+    CapacityMismatchError,
     CorruptPacketError,
     DependencyError,
     InvalidArgumentError,
@@ -54,6 +55,7 @@ __all__ = [
     "ArgumentTypeError",
     "BitPackReceiver",
     "BitPackSender",
+    "CapacityMismatchError",
     "CorruptPacketError",
     "DependencyError",
     "EndpointStats",

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any, Callable, List, Sequence, Union
+from typing import Any, Callable, Iterator, List, Sequence, Union
 
 import msgpack
 
@@ -26,6 +26,15 @@ from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
 Packet = List[Any]
 
 EXT_BIG_INT = 1
+
+# How deeply a packet may nest, in levels of lists, tuples and dicts, the packet's own list
+# counted.  It is the MessagePack packer's limit: deeper, it raises, and so send() raises
+# PacketSizeError.  One decoder call holds a level less (and a record's array wraps each
+# packet in one more), so a payload too deep for one call is decoded in parts: the record's
+# packets one by one, and a packet at this depth item by item (_decode_deepest).
+# tests/test_codec.py checks both ends against msgpack, so a msgpack that changed either
+# would fail there, not in a receiver.
+MAX_DEPTH = 1025
 
 ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple and dict"
 
@@ -74,7 +83,10 @@ def encoding_error(exc: Exception) -> Exception:
     if isinstance(exc, UnicodeEncodeError):  # a str holding a lone surrogate has no UTF-8 form
         return PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}")
     if isinstance(exc, ValueError):  # "recursion limit exceeded": too deep, or a list containing itself
-        return PacketSizeError(f"packet nests too deeply (or contains itself): {exc}")
+        return PacketSizeError(
+            f"packet nests too deeply: at most {MAX_DEPTH} levels of lists and dicts, the packet's own "
+            f"included (or it contains itself): {exc}"
+        )
     if isinstance(exc, (TypeError, OverflowError)):  # msgpack's own refusals
         return PacketTypeError(f"packet cannot be encoded: {exc}")
     return exc
@@ -117,9 +129,26 @@ def _unpack_ext(code: int, data: bytes) -> object:
 
 
 def _freeze(key: object) -> object:
-    if isinstance(key, list):
-        return tuple(_freeze(k) for k in key)
-    return key
+    """A dict key that arrived as a list, given back as the tuple it was (lists within too).
+
+    Iterative, not recursive: a key may nest as deeply as any value of a packet
+    (:data:`MAX_DEPTH`), which is past Python's recursion limit.
+    """
+    if type(key) is not list:
+        return key
+    stack: list[tuple[Iterator[Any], list[Any]]] = [(iter(key), [])]  # per open list: items left, frozen so far
+    while True:
+        items, frozen = stack[-1]
+        for item in items:
+            if type(item) is list:
+                stack.append((iter(item), []))
+                break
+            frozen.append(item)
+        else:
+            stack.pop()
+            if not stack:
+                return tuple(frozen)
+            stack[-1][1].append(tuple(frozen))
 
 
 def _pairs_to_dict(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
@@ -167,24 +196,85 @@ def _unpack(payload: Union[bytes, memoryview]) -> Any:
         _gc_enable()
 
 
-def decode_batch(payload: Union[bytes, memoryview], count: int) -> list[Packet]:
-    """Decode a record's payload into ``count`` packets, or raise :class:`CorruptPacketError`."""
+def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
+    """Decode a record's payload, a MessagePack array of ``count`` packets.
+
+    Returns ``(packets, None)`` when the record decodes whole.  When it does not,
+    the packets are decoded one by one, and what comes back is every packet
+    before the first that fails, with the :class:`CorruptPacketError` for that
+    one, which says how many of the record's packets are lost: one bad packet
+    costs the rest of its own record, never what follows the record.
+
+    Everything :func:`encode` accepts decodes here, alone or among others: the
+    record's array adds a level of nesting, which is past the decoder's stack
+    for a packet at :data:`MAX_DEPTH`, so such a record takes the one-by-one path,
+    where each packet gets the whole stack.
+    """
     try:
         packets = _unpack(payload)
-    except Exception as exc:  # msgpack raises many types for bad input; all mean "corrupt"
-        raise CorruptPacketError(f"record does not decode: {exc.__class__.__name__}: {exc}") from exc
+    except Exception:  # msgpack raises many types for bad input; the slow path says which
+        return _decode_one_by_one(payload, count)
     if type(packets) is not list or len(packets) != count:
-        raise CorruptPacketError(f"record should hold {count} packets, it decodes to something else")
+        return _decode_one_by_one(payload, count)
     for packet in packets:
         if type(packet) is not list:
-            raise CorruptPacketError(f"record holds a {type(packet).__name__}, not a packet (list)")
-    return packets
+            return _decode_one_by_one(payload, count)
+    return packets, None
+
+
+def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
+    """:func:`decode_batch`'s slow path, for a record that does not decode whole."""
+    packets: list[Packet] = []
+    base, unpacker = 0, _unpacker_at(payload, 0)  # the unpacker reads from offset base
+    try:
+        items = unpacker.read_array_header()
+        if items != count:
+            raise ValueError(f"its array holds {items} items, its header says {count} packets")
+        while len(packets) < count:
+            start = base + unpacker.tell()
+            try:
+                packet = unpacker.unpack()
+            except msgpack.StackError:  # a packet at MAX_DEPTH: one level more than one call holds
+                packet, base = _decode_deepest(payload, start)
+                unpacker = _unpacker_at(payload, base)
+            if type(packet) is not list:
+                raise ValueError(f"a {type(packet).__name__} is not a packet (list)")
+            packets.append(packet)
+        end = base + unpacker.tell()
+        if end != len(payload):
+            raise ValueError(f"{len(payload) - end} stray bytes follow its {count} packets")
+    except Exception as exc:
+        lost = count - len(packets)
+        return packets, CorruptPacketError(
+            f"record of {count} packets does not decode at packet {len(packets) + 1} "
+            f"({exc.__class__.__name__}: {exc}); {lost} packet(s) of it lost"
+        )
+    return packets, None
+
+
+def _unpacker_at(payload: Union[bytes, memoryview], offset: int) -> Any:
+    unpacker = msgpack.Unpacker(None, max_buffer_size=max(len(payload) - offset, 1), **_unpack_options)
+    unpacker.feed(payload[offset:])
+    return unpacker
+
+
+def _decode_deepest(payload: Union[bytes, memoryview], offset: int) -> tuple[Packet, int]:
+    """Decode the packet at ``offset`` whose list is too deep for one decoder call: its own list
+    header first, then each of its items with a fresh stack.  Returns it and the offset after it."""
+    unpacker = _unpacker_at(payload, offset)
+    packet = [unpacker.unpack() for _ in range(unpacker.read_array_header())]
+    return packet, offset + unpacker.tell()
 
 
 def decode(payload: Union[bytes, memoryview]) -> Packet:
     """Decode one encoded packet, or raise :class:`CorruptPacketError`."""
     try:
-        packet = _unpack(payload)
+        try:
+            packet = _unpack(payload)
+        except msgpack.StackError:  # a packet at MAX_DEPTH: one level more than one call holds
+            packet, end = _decode_deepest(payload, 0)
+            if end != len(payload):
+                raise ValueError(f"{len(payload) - end} stray bytes follow the packet") from None
     except Exception as exc:
         raise CorruptPacketError(f"packet does not decode: {exc.__class__.__name__}: {exc}") from exc
     if type(packet) is not list:

@@ -22,11 +22,11 @@ import os
 import sys
 import threading
 import weakref
-from typing import Any, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 from . import _layout as L
 from ._address import ENV_URL, is_url, parse
-from ._pipe import Pipe, Slot, open_pipe
+from ._pipe import Pipe, Slot, attach
 from ._shm import validate_name
 from ._stats import EndpointStats, endpoint_stats
 from .errors import ArgumentTypeError, InvalidArgumentError, PipeClosedError
@@ -151,11 +151,19 @@ class Endpoint:
             )
         return pipe
 
-    def _connect(self, **options: Any) -> Pipe:
-        """Open (or create) this endpoint's pipe, per its model, name and ``create``."""
-        return open_pipe(
-            self._name, self._model, create=self._create, on_event=self._log if self._debug else None, **options
+    def _connect(self, role: int, init: Callable[[Pipe, int], None] | None = None, **options: Any) -> Pipe:
+        """Open (or create) this endpoint's pipe, per its model, name and ``create``, and claim
+        a slot in it as ``role`` (``self._slot``); see :func:`pipebit._pipe.attach`."""
+        pipe, self._slot = attach(
+            self._name,
+            self._model,
+            role,
+            init=init,
+            create=self._create,
+            on_event=self._log if self._debug else None,
+            **options,
         )
+        return pipe
 
     def _abandon(self, pipe: Pipe) -> None:
         """Undo a connection that failed half-way: give back the slot, unmap."""

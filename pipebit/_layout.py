@@ -24,7 +24,10 @@ A segment is a fixed header, a participant table, then the data area::
        168     8  epoch             by override        bumped whenever the contents are reset
        176     8  flags             by remove          FLAG_REMOVED once the pipe is unlinked
        184     8  slot_high         by attachers       1 + highest slot index ever claimed
-       192    64  (reserved, zero)
+       192     8  read_mark         by receivers       Safe: ring position up to which receivers that
+                                                       have since detached had returned packets (a
+                                                       maximum, under the writers' lock); start="unread"
+       200    56  (reserved, zero)
        256  64*n  participant table, n = slot_count, one 64-byte slot each:
                   +0  role        ROLE_FREE (0), ROLE_RECEIVER (1) or ROLE_SENDER (2)
                   +8  pid         the holder's process id (informational; liveness is a lock)
@@ -111,6 +114,7 @@ WRITERS_WAITING = 160 // 8
 EPOCH = 168 // 8
 FLAGS = 176 // 8
 SLOT_HIGH = 184 // 8
+READ_MARK = 192 // 8
 
 # Offsets inside a slot, in u64 units; add ``slot_base(i)``.
 S_ROLE = 0

@@ -21,6 +21,7 @@ from . import _layout as L
 from . import _lock, _shm
 from ._address import RedisPipe, parse
 from .errors import (
+    CapacityMismatchError,
     ModelMismatchError,
     PipeBusyError,
     PipeFormatError,
@@ -74,27 +75,48 @@ class Pipe:
         base = L.slot_base(index)
         if self.header[base + L.S_ROLE] == L.ROLE_FREE or self.slot_alive(index):
             return False
-        self.header[base + L.S_ROLE] = L.ROLE_FREE
-        self.header[base + L.S_WAITING] = 0
+        self._forget_holder(base)
         return True
 
-    def claim_slot(self, role: int, init: Callable[[memoryview, int], None] | None = None) -> Slot:
+    def _forget_holder(self, base: int) -> None:
+        """Free the slot at ``base`` of a holder that is gone; under the writers' lock.
+
+        A dead Safe receiver's cursor says how far it had read: that much no longer
+        counts as unread for receivers starting with ``start="unread"``.
+        """
+        h = self.header
+        if h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+            self.mark_read(h[base + L.S_CURSOR])
+        h[base + L.S_ROLE] = L.ROLE_FREE
+        h[base + L.S_WAITING] = 0
+
+    def mark_read(self, position: int) -> None:
+        """Record that a receiver which is leaving had read the ring up to ``position``.
+
+        ``read_mark`` only grows, and only to a position the ring has reached.  Call
+        with the writers' lock held.  Meaningless (and harmless) for Fast pipes.
+        """
+        h = self.header
+        if self.model == L.MODEL_SAFE and h[L.READ_MARK] < position <= h[L.HEAD]:
+            h[L.READ_MARK] = position
+
+    def claim_slot(self, role: int, init: Callable[[Pipe, int], None] | None = None) -> Slot:
         """Take a free slot of the table for this process, reclaiming dead holders' slots.
 
-        ``init(header, base)`` runs under the writers' lock before the slot is
+        ``init(pipe, base)`` runs under the writers' lock before the slot is
         published, to set model-specific fields (a receiver's cursor).
         """
         h = self.header
         with self.lock:
-            for index in range(L.SLOT_COUNT):
-                base = L.slot_base(index)
+            for index, base in enumerate(L.SLOT_BASES):
                 if h[base + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(index):
                     continue
                 lock = _lock.SlotLock(_shm.slot_path(self.name, index))
                 if not lock.try_hold():  # a holder we could not see yet: not ours to take
                     continue
+                if h[base + L.S_ROLE] != L.ROLE_FREE:
+                    self._forget_holder(base)
                 token = secrets.randbits(63) or 1
-                h[base + L.S_ROLE] = L.ROLE_FREE
                 h[base + L.S_PID] = os.getpid()
                 h[base + L.S_TOKEN] = token
                 h[base + L.S_CURSOR] = 0
@@ -103,9 +125,10 @@ class Pipe:
                 h[base + L.S_ATTACHED_NS] = time.time_ns()
                 h[base + L.S_COUNT] = 0
                 if init is not None:
-                    init(h, base)
+                    init(self, base)
                 h[base + L.S_ROLE] = role
-                h[L.SLOT_HIGH] = max(h[L.SLOT_HIGH], index + 1)
+                # slot_high is clipped wherever it is read; written, it is brought back in range too.
+                h[L.SLOT_HIGH] = min(max(h[L.SLOT_HIGH], index + 1), L.SLOT_COUNT)
                 return Slot(index, role, token, lock)
         raise PipeBusyError(
             f"pipe {self.name!r} already has {L.SLOT_COUNT} live senders and receivers attached; "
@@ -145,11 +168,12 @@ class Pipe:
 
     def live_participants(self) -> list[int]:
         """Indices of occupied slots whose holders are alive.  Takes the writers' lock."""
+        h = self.header
         with self.lock:
             return [
-                i
-                for i in range(self.header[L.SLOT_HIGH])
-                if self.header[L.slot_base(i) + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(i)
+                index
+                for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]])  # slicing clips a forged slot_high
+                if h[base + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(index)
             ]
 
     @property
@@ -215,14 +239,79 @@ def open_pipe(
     on_event: Callable[[str], None] | None = None,
     default_capacity: int = DEFAULT_CAPACITY,
 ) -> Pipe:
-    """Attach to pipe ``name`` or create it; see the Safe/Fast endpoints for the semantics.
+    """Map pipe ``name``, creating it if needed, without taking a slot (tools and tests).
+
+    The arguments are those of :func:`attach`.
+    """
+    found = _open(
+        name,
+        model,
+        capacity=capacity,
+        packet_len=packet_len,
+        override=override,
+        create=create,
+        on_event=on_event,
+        default_capacity=default_capacity,
+        claim=None,
+    )
+    return found[0]
+
+
+def attach(
+    name: str,
+    model: int,
+    role: int,
+    *,
+    init: Callable[[Pipe, int], None] | None = None,
+    capacity: int | None,
+    packet_len: int | None,
+    override: bool,
+    create: bool = True,
+    on_event: Callable[[str], None] | None = None,
+    default_capacity: int = DEFAULT_CAPACITY,
+) -> tuple[Pipe, Slot]:
+    """Attach to pipe ``name`` or create it, and claim a slot as ``role``; see the Safe/Fast
+    endpoints for the semantics.
 
     ``capacity`` and ``packet_len`` of ``None`` mean "the pipe's own, or the
-    default when creating".  With ``override`` the pipe's retained contents are
-    discarded and ``packet_len`` applied; a different model or an explicit
-    different capacity needs a new segment, which is refused while others are
-    attached.
+    default when creating".  An explicit ``capacity`` that differs from the
+    existing pipe's raises :class:`CapacityMismatchError` -- unless ``override``,
+    which then recreates the pipe (refused while others are attached), as it does
+    for a different model.  With ``override`` the pipe's retained contents are
+    discarded and ``packet_len`` applied.  ``init(pipe, base)`` sets the slot's
+    model-specific fields (see :meth:`Pipe.claim_slot`).
+
+    The slot is claimed before the lifecycle lock is let go, so that no
+    ``remove()``, ``pipebit clean`` or overriding rebuild can see the pipe unused
+    and unlink it between the two.
     """
+    found = _open(
+        name,
+        model,
+        capacity=capacity,
+        packet_len=packet_len,
+        override=override,
+        create=create,
+        on_event=on_event,
+        default_capacity=default_capacity,
+        claim=(role, init),
+    )
+    assert found[1] is not None
+    return found[0], found[1]
+
+
+def _open(
+    name: str,
+    model: int,
+    *,
+    capacity: int | None,
+    packet_len: int | None,
+    override: bool,
+    create: bool,
+    on_event: Callable[[str], None] | None,
+    default_capacity: int,
+    claim: tuple[int, Callable[[Pipe, int], None] | None] | None,
+) -> tuple[Pipe, Slot | None]:
     say = on_event or (lambda message: None)
     with _lock.lifecycle():
         segment: _shm.Segment | None
@@ -253,6 +342,9 @@ def open_pipe(
                     _rebuild(name, segment, info)
                     segment, info = None, None
                     say("override: removed the old pipe to change its model or capacity")
+                elif info.model == model and capacity is not None and capacity != info.capacity:
+                    segment.close()
+                    raise _size_mismatch(name, model, capacity, info.capacity)
                 elif info.model != model:
                     segment.close()
                     raise ModelMismatchError(
@@ -286,22 +378,68 @@ def open_pipe(
                     pipe.header[L.PACKET_LEN] = packet_len or 0
                     pipe.header[L.EPOCH] += 1
                 say(f"override: retained packets discarded, packet size {packet_len or 'any'}")
-        return pipe
+        if claim is None:
+            return pipe, None
+        try:
+            return pipe, pipe.claim_slot(*claim)
+        except BaseException:
+            pipe.close()
+            raise
+
+
+def _size_mismatch(name: str, model: int, asked: int, actual: int) -> CapacityMismatchError:
+    """The error for an explicit size that differs from the existing pipe's, with the ways out."""
+    if model == L.MODEL_FAST:
+        what, asked_size, actual_size = "slot_size", L.fast_slot_size(asked), L.fast_slot_size(actual)
+    else:
+        what, asked_size, actual_size = "capacity", asked, actual
+    return CapacityMismatchError(
+        f"pipe {name!r} exists with {what}={actual_size}, but {what}={asked_size} was asked for; an explicit "
+        f"size is never ignored.  Pass the same {what} in every process (or none, to take the pipe's), "
+        f"recreate the pipe with a sender's override=True while no other process is attached, "
+        f"or remove it first (`pipebit rm {name}`)"
+    )
 
 
 def _rebuild(name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
-    pipe = Pipe(name, segment, info)
+    _retire(
+        name,
+        segment,
+        force=False,
+        busy=f"pipe {name!r} must be recreated to change its model or capacity, but {{live}} live process(es) "
+        "are attached to it",
+    )
+    _shm.remove_os_objects(name, L.SLOT_COUNT)
+
+
+def _retire(name: str, segment: _shm.Segment, *, force: bool, busy: str) -> None:
+    """Flag the pipe in ``segment`` as removed, so that attached processes stop using it,
+    and unmap ``segment``.  Under the lifecycle lock, before its names are unlinked.
+
+    Refuses with :class:`PipeBusyError` (``busy``, its ``{live}`` filled in with their
+    number) while live processes are attached, and with :class:`PipeFormatError` if the segment
+    cannot be read -- unless ``force``: then nothing found in the segment, however damaged,
+    stops its removal.
+    """
     try:
-        live = pipe.live_participants()
+        info = L.read_static(segment.view, segment.size)
+        if info.name != name:
+            raise L.LayoutProblem(f"it holds pipe {info.name!r}")
+        pipe = Pipe(name, segment, info)
+    except Exception as exc:
+        segment.close()
+        if force:
+            return
+        if isinstance(exc, L.LayoutProblem):
+            raise _describe(name, exc) from None
+        raise
+    try:
+        live = [] if force else pipe.live_participants()
         if live:
-            raise PipeBusyError(
-                f"pipe {name!r} must be recreated to change its model or capacity, but "
-                f"{len(live)} live process(es) are attached to it"
-            )
+            raise PipeBusyError(busy.format(live=len(live)))
         pipe.header[L.FLAGS] |= L.FLAG_REMOVED
     finally:
         pipe.close()
-    _shm.remove_os_objects(name, L.SLOT_COUNT)
 
 
 def attach_existing(name: str) -> Pipe:
@@ -344,24 +482,12 @@ def remove_pipe(name: str, *, force: bool = False) -> list[str]:
         except PipeNotFoundError:
             segment = None
         if segment is not None:
-            try:
-                info = L.read_static(segment.view, segment.size)
-            except L.LayoutProblem as problem:
-                segment.close()
-                if not force:
-                    raise _describe(name, problem) from None
-            else:
-                pipe = Pipe(name, segment, info)
-                try:
-                    live = pipe.live_participants()
-                    if live and not force:
-                        raise PipeBusyError(
-                            f"pipe {name!r} has {len(live)} live process(es) attached; "
-                            "close them first or remove with force"
-                        )
-                    pipe.header[L.FLAGS] |= L.FLAG_REMOVED
-                finally:
-                    pipe.close()
+            _retire(
+                name,
+                segment,
+                force=force,
+                busy=f"pipe {name!r} has {{live}} live process(es) attached; close them first or remove with force",
+            )
         removed = _shm.remove_os_objects(name, L.SLOT_COUNT)
     if not removed:
         raise PipeNotFoundError(f"no pipe named {name!r} exists")

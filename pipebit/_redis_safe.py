@@ -515,11 +515,10 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
                     "and senders trimmed them meanwhile"
                 )
                 problem = lost, len(packets)
-            try:
-                packets += _codec.decode_batch(payload, count)
-            except CorruptPacketError as exc:
-                if problem is None:
-                    problem = CorruptPacketError(f"pipe {self._shown!r}: {exc}"), len(packets)
+            decoded, damage = _codec.decode_batch(payload, count)
+            packets += decoded  # a damaged entry still yields the packets before the damage
+            if damage is not None and problem is None:
+                problem = CorruptPacketError(f"pipe {self._shown!r}: {damage}"), len(packets)
         with self._mutex:
             if problem is not None and self._problem is None:  # one at a time: the first one
                 self._problem, self._problem_at = problem[0], len(self._cache) + problem[1]

@@ -194,14 +194,19 @@ class RingWriter:
                 self.pipe.free_dead_slot(index)
         return 0
 
-    @staticmethod
-    def _lowest_cursor(h: memoryview, head: int) -> tuple[int, int]:
-        """(lowest position an attached receiver still needs, or ``head``; its slot or -1)."""
+    def _lowest_cursor(self, h: memoryview, head: int) -> tuple[int, int]:
+        """(lowest position an attached receiver still needs, or ``head``; its slot or -1).
+
+        A cursor more than a lap behind ``head`` (or past it) is one no receiver can
+        have, since writers never pass a receiver: it is damage to that slot, and it
+        holds no one back (its receiver puts it right before it next sleeps).
+        """
         lowest, holder = head, -1
+        possible = head - self.capacity
         for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
             if h[base + _S_ROLE] == _RECEIVER:
                 cursor = h[base + _S_CURSOR]
-                if cursor < lowest:
+                if possible <= cursor < lowest:
                     lowest, holder = cursor, index
         return lowest, holder
 
@@ -237,20 +242,43 @@ class RingWriter:
             self.pipe.free_dead_slot(holder)
 
 
-def start_position(h: memoryview, data: memoryview, capacity: int, start: str) -> tuple[int, int]:
-    """(cursor, next_seq) for a receiver attaching now.  Call with the writers' lock held."""
-    head = h[L.HEAD]
-    tail = h[L.TAIL]
+def start_position(pipe: Pipe, start: str) -> tuple[int, int]:
+    """(cursor, next_seq) for a receiver attaching now with ``start``.  Call with the writers' lock held.
+
+    ``"new"``: the head.  ``"oldest"``: the oldest retained record.  ``"unread"``: the
+    first retained record that no receiver has read -- past every attached receiver's
+    cursor and past ``read_mark``, how far receivers that have left had read.
+    """
+    h, data, capacity = pipe.header, pipe.data, pipe.capacity
+    head, tail = h[L.HEAD], h[L.TAIL]
     if start == "new" or tail >= head:
         return head, h[L.PACKETS]
-    offset = tail % capacity
+    position = tail
+    if start == "unread":
+        marks = [h[base + _S_CURSOR] for base in _SLOT_BASES[: h[_SLOT_HIGH]] if h[base + _S_ROLE] == _RECEIVER]
+        for mark in [*marks, h[L.READ_MARK]]:
+            # A mark that is not a record's start is damage: it is passed over, not trusted.
+            if position < mark <= head and (mark == head or _record_at(data, capacity, mark, head, strict=True)):
+                position = mark
+    # Damage in the record found there is not judged here: the reader meets it, and says so.
+    return _record_at(data, capacity, position, head, strict=False) or (head, h[L.PACKETS])
+
+
+def _record_at(data: memoryview, capacity: int, position: int, head: int, *, strict: bool) -> tuple[int, int] | None:
+    """(position, first_seq) of the record at ``position`` of the ring, stepping over a wrap
+    mark; ``None`` at ``head``.  ``strict``: also ``None`` if what is there cannot be a
+    record's start (a damaged mark or cursor)."""
+    offset = position % capacity
     room = capacity - offset
     if room < L.RECORD_HEADER or L.WRAP.unpack_from(data, offset)[0] == L.WRAP_MARK:
-        tail += room  # a wrap mark carries no sequence number: start at the next lap's record
-        if tail >= head:
-            return head, h[L.PACKETS]
+        position += room  # a wrap mark carries no sequence number: the next lap's record does
         offset = 0
-    return tail, L.RECORD.unpack_from(data, offset)[2]
+    if position >= head:
+        return None
+    length, count, first_seq = L.RECORD.unpack_from(data, offset)
+    if strict and (position % L.ALIGN or count == 0 or position + L.align(L.RECORD_HEADER + length) > head):
+        return None
+    return position, first_seq
 
 
 class RingReader:
@@ -264,6 +292,7 @@ class RingReader:
         self.cursor = h[slot.base + L.S_CURSOR]
         self.next_seq = h[slot.base + L.S_NEXT_SEQ]
         self.bytes_read = 0
+        self.problem: CorruptPacketError | None = None  # see read()
         self.semaphore = pipe.slot_semaphore(slot.index)
         _shm.drain(self.semaphore)  # posts meant for a previous holder of this slot
 
@@ -280,12 +309,19 @@ class RingReader:
         packets or ``byte_limit`` bytes of records are reached -- and advance past them.
         ``[]`` when there are none.  ``bytes_read`` tells how many bytes the records took.
 
-        Raises :class:`CorruptPacketError` for a record that fails validation, after
-        skipping to the newest commit so the next read starts clean.
+        Damage is reported in ``problem``, which every call sets (a
+        :class:`CorruptPacketError`, or ``None``): reading stops at the damage, and
+        the packets before it are returned, so that the caller hands them over before
+        it raises the error.  A record whose payload does not decode costs only its
+        own packets from the bad one on; the next read goes on after it.  Damage that
+        hides where the next record starts (an impossible head, record length or
+        sequence number) costs everything committed up to then: the reader skips to
+        the newest commit.
         """
         pipe = self.pipe
         h = pipe.header
         slot = self.slot
+        self.problem = None
         if h[slot.base + _S_TOKEN] != slot.token:
             raise PipeClosedError(f"this receiver's slot in pipe {pipe.name!r} was taken over; it was detached")
         head = h[_HEAD]
@@ -326,20 +362,27 @@ class RingReader:
                 # Released on the way out even if decoding fails: an exception holding
                 # a view of the mapping would keep the segment from being unmapped.
                 with data[start : start + length] as payload:
-                    try:
-                        packets = _decode_batch(payload, count)
-                    except CorruptPacketError as exc:
-                        raise CorruptPacketError(f"pipe {pipe.name!r}, record at position {cursor}: {exc}") from None
+                    packets, damage = _decode_batch(payload, count)
                 if out:
                     out += packets
                 else:
                     out = packets
-                cursor = end
-                next_seq = first_seq + count
-        except CorruptPacketError:
-            cursor, next_seq = head, h[L.PACKETS]
-            self._advance(cursor, next_seq, 0)
-            raise
+                if damage is None:
+                    cursor, next_seq = end, first_seq + count
+                else:
+                    self.problem = CorruptPacketError(f"pipe {pipe.name!r}, record at position {cursor}: {damage}")
+                    cursor = end
+                    # The damage may be in the count itself: expect no more of the next record
+                    # than that it comes after this one.
+                    next_seq = first_seq + 1
+                    break
+        except CorruptPacketError as exc:
+            self.problem = exc
+            # Head and packet count of one moment, under the writers' lock: from a head read
+            # before a commit and a count read after it, the next good record would look
+            # corrupt too.  Rare, so the lock costs nothing that matters.
+            with pipe.lock:
+                cursor, next_seq = h[_HEAD], h[L.PACKETS]
         self.bytes_read = cursor - first
         self._advance(cursor, next_seq, len(out))
         return out
@@ -358,7 +401,12 @@ class RingReader:
     def wait(self, timeout: float) -> bool:
         """Sleep until a writer commits (or ``timeout`` seconds pass); ``True`` if data is there."""
         h = self.pipe.header
-        flag = self.slot.base + L.S_WAITING
+        base = self.slot.base
+        if h[base + _S_CURSOR] != self.cursor and h[base + _S_TOKEN] == self.slot.token:
+            # Our shared cursor was overwritten: writers would wait on a position we are not
+            # at, and we would sleep for ever.  Only this receiver knows where it is.
+            h[base + _S_CURSOR] = self.cursor
+        flag = base + L.S_WAITING
         h[flag] = 1
         try:
             fence()

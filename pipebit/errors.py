@@ -9,6 +9,7 @@ Every error also subclasses the builtin a caller would try first, so
      │    └── PacketTypeError                       send() got a value the codec cannot carry
      ├── PacketSizeError           (ValueError)     wrong packet length, or too big for the pipe
      ├── InvalidArgumentError      (ValueError)     any other bad argument (debug, timeout, capacity...)
+ │    └── CapacityMismatchError                 an explicit capacity/slot_size differs from the existing pipe's
      ├── PipeNotFoundError         (FileNotFoundError) no pipe of that name exists
      ├── PipePermissionError       (PermissionError)  the pipe or its lock directory is not yours
      ├── NoSpaceError              (OSError)        /dev/shm has no room for a new pipe
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 __all__ = [
     "ArgumentTypeError",
+    "CapacityMismatchError",
     "CorruptPacketError",
     "DependencyError",
     "InvalidArgumentError",
@@ -74,6 +76,13 @@ class PacketSizeError(PipeBitError, ValueError):
 
 class InvalidArgumentError(PipeBitError, ValueError):
     """An argument other than the name or the packet is out of its documented range."""
+
+
+class CapacityMismatchError(InvalidArgumentError):
+    """An explicit ``capacity`` (Safe) or ``slot_size`` (Fast) differs from the size of the
+    pipe that already exists under that name.  An explicit size is never ignored: pass the
+    same size in every process (or none, to take the pipe's), recreate the pipe with
+    ``override=True`` on a sender while it is idle, or remove it (``pipebit rm NAME``)."""
 
 
 class PipeNotFoundError(PipeBitError, FileNotFoundError):

@@ -107,14 +107,15 @@ class FastSender(Endpoint):
         if self._pipe is not None:
             return
         pipe = self._connect(
+            L.ROLE_SENDER,
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
             default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
         )
+        assert self._slot is not None
         try:
             data = pipe.words
-            self._slot = pipe.claim_slot(L.ROLE_SENDER)
             with pipe.lock:
                 if self._override:
                     data[L.F_LATEST] = 0
@@ -156,7 +157,7 @@ class FastSender(Endpoint):
         h = pipe.header
         for lane in range(L.LANES):
             owner, token = _lane_owner(data, lane)
-            if owner:
+            if 0 < owner <= L.SLOT_COUNT:  # an owner out of range is damage: the lane is free
                 base = L.slot_base(owner - 1)
                 still_owned = h[base + L.S_TOKEN] == token and h[base + L.S_ROLE] == L.ROLE_SENDER
                 if still_owned and pipe.slot_alive(owner - 1):
@@ -309,13 +310,14 @@ class FastReceiver(Endpoint):
         if self._pipe is not None:
             return
         pipe = self._connect(
+            L.ROLE_RECEIVER,
             capacity=self._capacity,
             packet_len=None,
             override=False,
             default_capacity=L.fast_capacity(DEFAULT_SLOT_SIZE),
         )
+        assert self._slot is not None
         try:
-            self._slot = pipe.claim_slot(L.ROLE_RECEIVER)
             self._data = pipe.words
             self._slot_size = L.fast_slot_size(pipe.capacity)
             self._semaphore = pipe.slot_semaphore(self._slot.index)

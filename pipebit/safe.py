@@ -34,10 +34,10 @@ from typing import Any, Iterator, List, Union
 from . import _codec
 from . import _layout as L
 from ._endpoint import PLAIN_SECONDS, Endpoint, check_capacity, check_count, check_spin, check_timeout
+from ._pipe import Pipe
 from ._ring import MAX_RECORD_PACKETS, Aborted, RingReader, RingWriter, max_packet_bytes, start_position
 from ._worker import Worker
 from .errors import (
-    CorruptPacketError,
     InvalidArgumentError,
     PacketSizeError,
     PipeClosedError,
@@ -53,7 +53,7 @@ DEFAULT_RECEIVE_TIMEOUT = 0.1
 DEFAULT_MAX_CACHED = 65536
 DEFAULT_MAX_CACHED_BYTES = 64 << 20
 QUEUE_BYTES = 1 << 20  # with queue_size, bounds what send() holds in memory
-STARTS = ("oldest", "new")
+STARTS = ("unread", "oldest", "new")
 # A send() that finds the queue empty, this long after the previous such send()
 # ended, writes its packet into the ring itself rather than waking the delivery
 # thread.  Calls in a tight loop come closer together than this and are batched.
@@ -146,12 +146,13 @@ class SafeSender(Endpoint):
         if self._pipe is not None:
             return
         pipe = self._connect(
+            L.ROLE_SENDER,
             capacity=self._capacity,
             packet_len=self._size,
             override=self._override,
         )
+        assert self._slot is not None
         try:
-            self._slot = pipe.claim_slot(L.ROLE_SENDER)
             self._writer = RingWriter(pipe, self._slot)
             self._header = pipe.header
             self._required = pipe.header[L.PACKET_LEN]
@@ -504,7 +505,12 @@ class SafeReceiver(Endpoint):
         self._read_lock = threading.Lock()
         self._callers = 0
         self._last_call = 0.0
+        # Damage met in the ring, raised by receive() once the packets before it are returned:
+        # the first _problem_at cached packets come first.  While one waits, no more is cached.
         self._problem: Exception | None = None
+        self._problem_at = 0
+        self._problem_end = (0, 0)  # (cursor, next_seq) after the damaged record
+        self._cache_start = (0, 0)  # (cursor, next_seq) of the first cached packet
         self._worker: Worker | None = None
         self._resume: tuple[int, int, int] | None = None  # (created_ns, cursor, next_seq)
         self._returned = 0
@@ -519,23 +525,26 @@ class SafeReceiver(Endpoint):
         """
         if self._pipe is not None:
             return
+        resume = self._resume
+
+        def place(pipe: Pipe, base: int) -> None:
+            h = pipe.header
+            if resume is not None and resume[0] == pipe.created_ns and h[L.TAIL] <= resume[1] <= h[L.HEAD]:
+                cursor, seq = resume[1], resume[2]
+            else:
+                cursor, seq = start_position(pipe, self._start)
+            h[base + L.S_CURSOR] = cursor
+            h[base + L.S_NEXT_SEQ] = seq
+
         pipe = self._connect(
+            L.ROLE_RECEIVER,
+            place,
             capacity=self._capacity,
             packet_len=None,
             override=False,
         )
-        resume = self._resume if self._resume and self._resume[0] == pipe.created_ns else None
-
-        def place(h: memoryview, base: int) -> None:
-            if resume is not None and h[L.TAIL] <= resume[1] <= h[L.HEAD]:
-                cursor, seq = resume[1], resume[2]
-            else:
-                cursor, seq = start_position(h, pipe.data, pipe.capacity, self._start)
-            h[base + L.S_CURSOR] = cursor
-            h[base + L.S_NEXT_SEQ] = seq
-
+        assert self._slot is not None
         try:
-            self._slot = pipe.claim_slot(L.ROLE_RECEIVER, place)
             self._reader = RingReader(pipe, self._slot)
             self._worker = Worker(f"pipebit-{self._name}-receiver", self._collect)
             self._pipe = pipe
@@ -570,8 +579,15 @@ class SafeReceiver(Endpoint):
         while not self._read_lock.acquire(timeout=0.05):
             reader.interrupt()
         try:
-            self._resume = (pipe.created_ns, reader.cursor, reader.next_seq)
+            # Resume after the last packet receive() returned: what was cached and not yet
+            # returned is read again on reconnecting (if the pipe still holds it).
+            cursor, seq = self._cache_start if self._cache else (reader.cursor, reader.next_seq)
+            self._resume = (pipe.created_ns, cursor, seq)
+            with pipe.lock:  # before the slot is let go: an "unread" start must see one or the other
+                pipe.mark_read(cursor)
             with self._mutex:
+                if self._problem_at:  # the discarded cache is read again, and the damage met again
+                    self._problem = None
                 self._cache = []
                 self._cached_bytes = 0
             if pipe.header[L.WRITERS_WAITING]:  # our cursor no longer holds them back
@@ -585,6 +601,7 @@ class SafeReceiver(Endpoint):
         self._pipe = self._slot = self._worker = None
         self._cache = []
         self._cached_bytes = 0
+        self._problem = None
         self._callers = 0
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
@@ -616,8 +633,7 @@ class SafeReceiver(Endpoint):
                 return cached
             self._require_pipe()
             if self._problem is not None:
-                problem, self._problem = self._problem, None
-                raise problem
+                self._take_cache()  # raises it
             assert self._worker is not None
             self._worker.check()
             self._callers += 1
@@ -641,12 +657,26 @@ class SafeReceiver(Endpoint):
                 self._returned += len(packets)
 
     def _take_cache(self) -> list[Packet]:
-        # Called with the mutex held; the caller counts the packets as returned.
-        packets = self._cache
-        self._cache = []
-        self._cached_bytes = 0
+        """What receive() returns from the cache: all of it, or the packets before damage met
+        after them.  Raises the damage's error when it is next.  Under the mutex; the caller
+        counts the packets as returned."""
         if self._reader_blocked:
             self._cond.notify_all()
+        problem = self._problem
+        if problem is None:
+            packets = self._cache
+            self._cache = []
+            self._cached_bytes = 0
+            return packets
+        cut = self._problem_at
+        if cut == 0:
+            self._problem = None
+            raise problem
+        packets, self._cache = self._cache[:cut], self._cache[cut:]
+        self._problem_at = 0
+        self._cache_start = self._problem_end
+        if not self._cache:
+            self._cached_bytes = 0
         return packets
 
     def _read_ring(self, limit: float | None, *, look_at_cache: bool) -> list[Packet]:
@@ -661,10 +691,15 @@ class SafeReceiver(Endpoint):
             if look_at_cache:
                 with self._mutex:
                     self._require_pipe()  # closed while we waited
-                    if self._cache:  # what the thread read before it handed over comes first
+                    if self._cache or self._problem is not None:  # the thread read that first
                         return self._take_cache()
             look_at_cache = True
             packets = reader.read(self._max_cached, READ_BYTES)
+            if reader.problem is not None:  # raised now, or by the next call, after these packets
+                if not packets:
+                    raise reader.problem
+                with self._mutex:
+                    self._problem, self._problem_at = reader.problem, 0
             if packets:
                 return packets
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -733,7 +768,11 @@ class SafeReceiver(Endpoint):
                     idle = time.monotonic() - self._last_call
                     if self._callers or idle < HANDBACK:  # the application reads for itself
                         self._cond.wait(HANDBACK if self._callers else HANDBACK - idle)
-                    elif len(self._cache) >= self._max_cached or self._cached_bytes >= self._max_cached_bytes:
+                    elif (
+                        len(self._cache) >= self._max_cached
+                        or self._cached_bytes >= self._max_cached_bytes
+                        or self._problem is not None  # reported before reading on: one at a time
+                    ):
                         self._reader_blocked = True
                         self._cond.wait(0.5)
                     else:
@@ -744,16 +783,18 @@ class SafeReceiver(Endpoint):
             with self._read_lock:
                 if stopping.is_set() or self._callers:
                     continue
-                try:
-                    packets = reader.read(room, byte_room)
-                except CorruptPacketError as exc:  # reported at the next receive(); reading goes on
+                start = (reader.cursor, reader.next_seq)
+                packets = reader.read(room, byte_room)
+                problem = reader.problem
+                if packets or problem is not None:
                     with self._mutex:
-                        self._problem = exc
-                    continue
-                if packets:
-                    with self._mutex:
+                        if not self._cache:
+                            self._cache_start = start
                         self._cache += packets
                         self._cached_bytes += reader.bytes_read
+                        if problem is not None:  # for receive() to raise after these packets
+                            self._problem, self._problem_at = problem, len(self._cache)
+                            self._problem_end = (reader.cursor, reader.next_seq)
                 elif not self._callers:
                     reader.wait(SLEEP_SLICE)
 

@@ -502,7 +502,10 @@ class ForkServer:
             except OSError:
                 continue
             if int(stat_line[stat_line.rindex(")") + 2 :].split()[1]) == self.proc.pid:  # still ours
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended between the look and the kill
+                    pass
         self.proc.wait(30)
 
 
@@ -1050,7 +1053,7 @@ HANG_EXAMPLES = [
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=NOISY_MACHINE)
-@given(image=ring_images(), start=st.sampled_from(["oldest", "new"]), limit=st.integers(1, 500))
+@given(image=ring_images(), start=st.sampled_from(["unread", "oldest", "new"]), limit=st.integers(1, 500))
 @example(image=HANG_EXAMPLES[0], start="oldest", limit=100)
 @example(image=HANG_EXAMPLES[1], start="oldest", limit=100)
 @example(image=(_ring_of(fill=L.RECORD.pack(2, 1, 0) + b"\x91\x90"), 1 << 40, 0, 0), start="oldest", limit=50)
@@ -1064,10 +1067,10 @@ def test_ring_reader_returns_packets_or_corrupt_packet_error_on_any_ring(
     slot = None
     try:
 
-        def place(h: memoryview, base: int) -> None:
-            cursor, seq = start_position(h, pipe.data, pipe.capacity, start)
-            h[base + L.S_CURSOR] = cursor
-            h[base + L.S_NEXT_SEQ] = seq
+        def place(pipe: Pipe, base: int) -> None:
+            cursor, seq = start_position(pipe, start)
+            pipe.header[base + L.S_CURSOR] = cursor
+            pipe.header[base + L.S_NEXT_SEQ] = seq
 
         slot = pipe.claim_slot(L.ROLE_RECEIVER, place)
         reader = RingReader(pipe, slot)
@@ -1076,13 +1079,13 @@ def test_ring_reader_returns_packets_or_corrupt_packet_error_on_any_ring(
             if kind == "hang":
                 pipe.close()  # the spinning reader then fails on the released mapping, and ends
                 pytest.fail(f"RingReader.read() did not return within 3 s (head {image[1]}, tail {image[2]})")
-            if kind == "raised":
-                assert isinstance(value, pipebit.CorruptPacketError), f"read() raised {value!r}"
-                assert name in str(value)
-                assert reader.cursor == pipe.header[L.HEAD], "after a corrupt record the reader skips to head"
-                continue
+            assert kind != "raised", f"read() raised {value!r}: damage is reported in reader.problem"
             assert type(value) is list
             assert all(type(p) is list for p in value), value[:3]
+            if reader.problem is not None:
+                assert isinstance(reader.problem, pipebit.CorruptPacketError)
+                assert name in str(reader.problem)
+                continue
             if not value and not reader.available():
                 break
     finally:
@@ -1101,7 +1104,7 @@ def test_ring_reader_returns_packets_or_corrupt_packet_error_on_any_ring(
     suppress_health_check=NOISY_MACHINE,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # each example may take seconds: no shrinking
 )
-@given(image=ring_images(), start=st.sampled_from(["oldest", "new"]))
+@given(image=ring_images(), start=st.sampled_from(["unread", "oldest", "new"]))
 @example(image=HANG_EXAMPLES[0], start="oldest")
 def test_safe_receiver_on_any_ring_returns_lists_or_raises_and_closes(
     image: tuple[bytes, int, int, int], start: str

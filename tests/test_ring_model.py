@@ -37,6 +37,7 @@ class RingMachine(RuleBasedStateMachine):
         self.writer = RingWriter(self.pipe)
         self.readers: dict[int, tuple[Slot, RingReader, collections.deque[Any]]] = {}
         self.committed: list[Any] = []  # every packet ever committed, in order
+        self.read_by_the_departed = 0  # packets read by the readers that detached, at most
         self.next_id = 0
 
     def teardown(self) -> None:
@@ -62,20 +63,28 @@ class RingMachine(RuleBasedStateMachine):
             owed.extend(batch)
 
     @precondition(lambda self: len(self.readers) < 6)
-    @rule(start=st.sampled_from(["oldest", "new"]))
+    @rule(start=st.sampled_from(["unread", "oldest", "new"]))
     def attach(self, start: str) -> None:
-        def place(h: Any, base: int) -> None:
-            cursor, seq = start_position(h, self.pipe.data, CAPACITY, start)
-            h[base + L.S_CURSOR] = cursor
-            h[base + L.S_NEXT_SEQ] = seq
+        def place(pipe: Pipe, base: int) -> None:
+            cursor, seq = start_position(pipe, start)
+            pipe.header[base + L.S_CURSOR] = cursor
+            pipe.header[base + L.S_NEXT_SEQ] = seq
 
+        with self.pipe.lock:
+            oldest = start_position(self.pipe, "oldest")[1]  # sequence number of the oldest retained packet
         slot = self.pipe.claim_slot(L.ROLE_RECEIVER, place)
         reader = RingReader(self.pipe, slot)
         owed: collections.deque[Any] = collections.deque()
-        if start == "oldest":
+        if start != "new":
             retained = reader.read(10**9)
-            # Retention is a suffix of everything committed, ending at the newest packet.
+            # Retention is a suffix of everything committed, ending at the newest packet...
             assert retained == self.committed[len(self.committed) - len(retained) :]
+            first = len(self.committed) - len(retained)
+            if start == "oldest":
+                assert first == oldest
+            else:  # ...and "unread" leaves out every packet some receiver, here or gone, has read.
+                read = [r.next_seq for _, r, _ in self.readers.values()]
+                assert first == max([oldest, self.read_by_the_departed, *read]), (first, oldest, read)
         self.readers[self.next_id] = (slot, reader, owed)
         self.next_id += 1
 
@@ -93,7 +102,10 @@ class RingMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def detach(self, data: st.DataObject) -> None:
         key = data.draw(st.sampled_from(sorted(self.readers)))
-        slot, _, _ = self.readers.pop(key)
+        slot, reader, _ = self.readers.pop(key)
+        with self.pipe.lock:  # as SafeReceiver.close_connection() does
+            self.pipe.mark_read(reader.cursor)
+        self.read_by_the_departed = max(self.read_by_the_departed, reader.next_seq)
         self.pipe.release_slot(slot)
 
     @invariant()
