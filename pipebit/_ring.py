@@ -176,6 +176,8 @@ class RingWriter:
                     h[flag] = 1
                 h[_WRITERS_WAITING] = 1  # receivers: post the writers' semaphore when you advance
                 self._maybe_reclaim(holder)
+                if holder >= 0 and not head - cap <= h[_SLOT_BASES[holder] + _S_CURSOR] <= head:
+                    pipe.slot_semaphore(holder).release()  # an impossible cursor: its receiver restores it
             return False
 
     def _others_waiting(self) -> int:
@@ -198,16 +200,19 @@ class RingWriter:
         """(lowest position an attached receiver still needs, or ``head``; its slot or -1).
 
         A cursor more than a lap behind ``head`` (or past it) is one no receiver can
-        have, since writers never pass a receiver: it is damage to that slot, and it
-        holds no one back (its receiver puts it right before it next sleeps).
+        have, since writers never pass a receiver: it is damage to that slot.  It is
+        taken as a lap behind, so that nothing its receiver may still need is
+        overwritten, and :meth:`_place` wakes that receiver, which puts its cursor right.
         """
         lowest, holder = head, -1
         possible = head - self.capacity
         for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
             if h[base + _S_ROLE] == _RECEIVER:
                 cursor = h[base + _S_CURSOR]
-                if possible <= cursor < lowest:
-                    lowest, holder = cursor, index
+                if cursor < lowest:
+                    lowest, holder = max(cursor, possible), index
+                elif cursor > head:  # as far back as it could be, so that nothing it may need is lost
+                    lowest, holder = possible, index
         return lowest, holder
 
     def _drop_retained(self, floor: int, head: int) -> None:
@@ -406,6 +411,8 @@ class RingReader:
             # Our shared cursor was overwritten: writers would wait on a position we are not
             # at, and we would sleep for ever.  Only this receiver knows where it is.
             h[base + _S_CURSOR] = self.cursor
+            if h[_WRITERS_WAITING]:
+                self.pipe.writer_semaphore().release()
         flag = base + L.S_WAITING
         h[flag] = 1
         try:

@@ -233,7 +233,10 @@ class FastSender(Endpoint):
             if n > self._slot_size:
                 raise PacketSizeError(
                     f"packet encodes to {n} bytes; Fast pipe {self._name!r} carries at most "
-                    f"{self._slot_size} bytes per packet: create it with a larger slot_size"
+                    f"{self._slot_size} bytes per packet.  A pipe's slot_size is set when it is created: "
+                    f"pass a larger slot_size in every process and recreate the pipe, with override=True "
+                    f"on a sender while no other process is attached, or by removing it first "
+                    f"(`pipebit rm {self._name}`)"
                 )
             self._stamp = stamp = self._stamp + 2
             seq, length, write_ns, start, publish_bits = self._targets[(stamp >> 1) & 1]

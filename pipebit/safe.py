@@ -6,8 +6,16 @@ Guarantees
   exactly once and in send order.  Several receivers each get every packet;
   several senders may share a pipe, and each sender's own order is kept.
 * The pipe retains its most recent packets (up to its capacity) with no
-  receiver attached and after every sender has exited; a receiver starting with
-  ``start="oldest"`` (the default) gets them first.
+  receiver attached and after every sender has exited, for receivers that start
+  later.  By default (``start="unread"``) a receiver first gets the retained
+  packets that no receiver has read -- so a receiver started after its sender
+  gets everything, and a second run does not replay what the first consumed --
+  then every new one.  ``start="oldest"`` replays everything retained;
+  ``start="new"`` skips it.
+* A packet that ``send()`` accepts is one every receiver can decode.  Bytes in
+  the pipe that do not decode (another process wrote them) cost only their own
+  record's packets from the damage on: ``receive()`` returns the packets before
+  the damage, then raises :class:`CorruptPacketError`, then goes on.
 * Memory is bounded on both sides.  ``send()`` appends to a bounded in-process
   queue and returns at once, blocking only while that queue is full.  A
   background thread moves batches of packets into the ring, waiting while
@@ -272,7 +280,9 @@ class SafeSender(Endpoint):
         if n > self._max_packet:
             raise PacketSizeError(
                 f"packet encodes to {n} bytes; pipe {self._name!r} carries at most {self._max_packet} "
-                "bytes per packet: create the pipe with a larger capacity"
+                f"bytes per packet.  A pipe's capacity is set when it is created: pass a larger capacity "
+                f"in every process and recreate the pipe, with override=True on a sender while no other "
+                f"process is attached, or by removing it first (`pipebit rm {self._name}`)"
             )
         queue = self._queue
         if queue:
@@ -341,13 +351,11 @@ class SafeSender(Endpoint):
         self._blocked += 1
         try:
             while True:
+                if not self._healthy:  # closing (or closed, or the delivery thread failed): the
+                    self._raise_unhealthy()  # packet is not accepted, and the caller is told so
                 self._settle()  # another thread may have queued on credit meanwhile
                 if not self._no_room_for(n):
                     return
-                if self._pipe is None:
-                    self._require_pipe()
-                if self._worker is not None:
-                    self._worker.check()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise PipeTimeoutError(
@@ -443,8 +451,12 @@ class SafeReceiver(Endpoint):
 
     ``SafeReceiver(name, debug=0)`` attaches at once.  Keyword-only options:
 
-    * ``start`` -- ``"oldest"`` (default): first deliver the packets the pipe
-      retains; ``"new"``: only packets sent after attaching.
+    * ``start`` -- where to begin among the packets the pipe retains.
+      ``"unread"`` (default): after every packet some receiver has read (one
+      attached now, or one that has left: as far as its ``receive()`` returned),
+      so a receiver started after its sender gets all it sent, and a later run
+      does not get them again.  ``"oldest"``: every retained packet.  ``"new"``:
+      only packets sent after attaching.
     * ``capacity`` -- ring bytes, when this receiver creates the pipe.
     * ``max_cached`` -- packets read ahead before the background thread stops
       reading (it may overshoot by one record of at most 8192 packets); also the
@@ -478,7 +490,7 @@ class SafeReceiver(Endpoint):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "oldest",
+        start: str = "unread",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
@@ -487,7 +499,7 @@ class SafeReceiver(Endpoint):
     ) -> None:
         super().__init__(name, debug, create)
         if start not in STARTS:
-            raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
+            raise InvalidArgumentError(f"start must be 'unread', 'oldest' or 'new', not {start!r}")
         self._start = start
         self._capacity = check_capacity(capacity)
         self._max_cached = check_count(max_cached, "max_cached", minimum=1)

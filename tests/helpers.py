@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import signal
+import struct
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import pytest
 
 import pipebit
+from pipebit import _layout as L
 from pipebit import _shm
 
 from .conftest import Reaper
@@ -156,3 +158,36 @@ class Child:
         os.kill(self.proc.pid, sig)
         if sig == signal.SIGKILL:
             self.wait(10)
+
+
+# ------------------------------------------------------------ the segment's bytes
+def ring_records(name: str) -> list[tuple[int, int, int, int]]:
+    """(position, payload_len, count, first_seq) of every committed record, tail to head."""
+    raw = segment_path(name).read_bytes()
+    capacity, tail, head = (struct.unpack_from("=Q", raw, o)[0] for o in (32, L.TAIL * 8, L.HEAD * 8))
+    records = []
+    position = tail
+    while position < head:
+        offset = L.DATA_OFFSET + position % capacity
+        room = capacity - position % capacity
+        length = struct.unpack_from("=I", raw, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
+        if length == L.WRAP_MARK:
+            position += room
+            continue
+        _, count, first_seq = L.RECORD.unpack_from(raw, offset)
+        records.append((position, length, count, first_seq))
+        position += L.align(L.RECORD_HEADER + length)
+    return records
+
+
+def poke(name: str, offset: int, data: bytes) -> None:
+    """Overwrite bytes of the pipe's segment, as any process of the user can."""
+    with segment_path(name).open("r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def poke_head(name: str, change: int) -> None:
+    raw = segment_path(name).read_bytes()
+    head = struct.unpack_from("=Q", raw, L.HEAD * 8)[0]
+    poke(name, L.HEAD * 8, struct.pack("=Q", head + change))

@@ -46,7 +46,7 @@ from pipebit._pipe import Pipe, open_pipe
 from pipebit._ring import RingReader, start_position
 
 from .conftest import Reaper
-from .helpers import Child, segment_path, wait_until
+from .helpers import Child, poke, poke_head, ring_records, segment_path, wait_until
 
 SHM = Path("/dev/shm")
 NOBODY = 65534
@@ -1142,38 +1142,6 @@ def test_safe_receiver_on_any_ring_returns_lists_or_raises_and_closes(
 
 
 # ------------------------------------------------ corruption under a live receiver
-def ring_records(name: str) -> list[tuple[int, int, int, int]]:
-    """(position, payload_len, count, first_seq) of every committed record, tail to head."""
-    raw = segment_path(name).read_bytes()
-    capacity, tail, head = (struct.unpack_from("=Q", raw, o)[0] for o in (32, L.TAIL * 8, L.HEAD * 8))
-    records = []
-    position = tail
-    while position < head:
-        offset = L.DATA_OFFSET + position % capacity
-        room = capacity - position % capacity
-        length = struct.unpack_from("=I", raw, offset)[0] if room >= L.RECORD_HEADER else L.WRAP_MARK
-        if length == L.WRAP_MARK:
-            position += room
-            continue
-        _, count, first_seq = L.RECORD.unpack_from(raw, offset)
-        records.append((position, length, count, first_seq))
-        position += L.align(L.RECORD_HEADER + length)
-    return records
-
-
-def poke(name: str, offset: int, data: bytes) -> None:
-    """Overwrite bytes of the pipe's segment, as any process of the user can."""
-    with segment_path(name).open("r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def poke_head(name: str, change: int) -> None:
-    raw = segment_path(name).read_bytes()
-    head = struct.unpack_from("=Q", raw, L.HEAD * 8)[0]
-    poke(name, L.HEAD * 8, struct.pack("=Q", head + change))
-
-
 def same_size(seq: int) -> list[Any]:
     """Packets whose records are all 48 bytes (seq 1000-65535 encode in 3 bytes)."""
     return [seq, "x" * 20]
