@@ -27,7 +27,7 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, List, Sequence
 
-from . import __version__, list_pipes, pipe_stats, remove
+from . import __version__, _codec, list_pipes, pipe_stats, remove
 from ._stats import Participant, PipeStats
 from .errors import PipeBitError, PipeBusyError, PipeNotFoundError, PipeTimeoutError, UndeliveredPacketsWarning
 from .fast import FastReceiver, FastSender
@@ -35,6 +35,7 @@ from .safe import SafeReceiver, SafeSender
 
 BYTES_KEY = "$bytes"  # bytes in JSON: {"$bytes": "<base64>"}
 POLL = 0.25  # seconds between checks for Ctrl-C while tail waits for packets
+QUOTE_CHARS = 80  # an argument quoted in an error message is cut to about this many characters
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -104,22 +105,64 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+def _quote(text: str) -> str:
+    """``text`` quoted for an error message, cut short: a packet argument can be 128 KiB."""
+    return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "...")
+
+
 def _from_json(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook undoing :func:`_to_json`'s bytes encoding."""
+    """``json.loads`` object hook undoing :func:`_to_json`'s bytes encoding.
+
+    Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
+    """
     if len(obj) == 1 and isinstance(obj.get(BYTES_KEY), str):
-        return base64.b64decode(obj[BYTES_KEY], validate=True)  # binascii.Error, a ValueError, if not base64
+        try:
+            return base64.b64decode(obj[BYTES_KEY], validate=True)
+        except ValueError as exc:  # binascii.Error; or text that is not ASCII
+            raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
     return obj
 
 
-def _packet(text: str) -> List[Any]:
-    """argparse type of ``send``'s packets: a JSON array."""
+def _int_from_json(digits: str) -> int:
+    """``json.loads`` ``parse_int`` hook: ``int()``, or :class:`argparse.ArgumentTypeError` for too many digits.
+
+    Since CPython 3.11 (and 3.10.7, 3.9.14) ``int()`` refuses more than 4300 digits by
+    default, against quadratic-time conversions (CVE-2020-10735).  Its ValueError would
+    otherwise leave ``json.loads`` looking like any other bad JSON.
+    """
     try:
-        value = json.loads(text, object_hook=_from_json)
-    except ValueError as exc:
-        what = "JSON" if isinstance(exc, json.JSONDecodeError) else f'base64 in a "{BYTES_KEY}"'
-        raise argparse.ArgumentTypeError(f"not valid {what} ({exc}): {text!r}") from None
+        return int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an integer of {len(digits.lstrip('-'))} digits, more than Python converts from text "
+            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
+        ) from None
+
+
+def _packet(text: str) -> List[Any]:
+    """argparse type of ``send``'s packets: a JSON array that any pipe can carry.
+
+    Whatever can be wrong with one argument on its own is found here, so a bad
+    argument is a usage error (exit status 2) before anything is sent.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates (PEP 383)
+        raise argparse.ArgumentTypeError(f"not UTF-8 text (at character {exc.start}): {_quote(text)}") from None
+    try:
+        value = json.loads(text, object_hook=_from_json, parse_int=_int_from_json)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {_quote(text)}") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {_quote(text)}") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise argparse.ArgumentTypeError(f"nests deeper than Python's JSON decoder goes: {_quote(text)}") from None
     if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"a packet must be a JSON array like '[1, \"a\"]', not {text!r}")
+        raise argparse.ArgumentTypeError(f"a packet must be a JSON array like '[1, \"a\"]', not {_quote(text)}")
+    try:
+        _codec.encode(value)
+    except PipeBitError as exc:  # PacketTypeError: a lone surrogate from a "\ud800" escape; PacketSizeError
+        raise argparse.ArgumentTypeError(f"{exc}: {_quote(text)}") from None
     return value
 
 
@@ -131,7 +174,7 @@ def _number(kind: Callable[[str], Any], above_zero: bool) -> Callable[[str], Any
             value = kind(text)
             if value > 0 or (value == 0 and not above_zero):  # and not nan
                 return value
-        raise argparse.ArgumentTypeError(f"expected a number {'>' if above_zero else '>='} 0, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number {'>' if above_zero else '>='} 0, not {_quote(text)}")
 
     return convert
 

@@ -318,7 +318,17 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
 @both_transports
 @pytest.mark.parametrize(
     ("packet", "message"),
-    [("{bad", "not valid JSON"), ('{"a": 1}', "JSON array"), ("42", "JSON array"), ('[{"$bytes": "!"}]', "base64")],
+    [
+        ("{bad", "not valid JSON"),
+        ('{"a": 1}', "JSON array"),
+        ("42", "JSON array"),
+        ('[{"$bytes": "!"}]', "base64"),
+        ("[" * 5000 + "]" * 5000, "nests deeper"),
+        ("[" + "1" * 5000 + "]", "5000 digits"),
+        ('["\\ud800"]', "not valid Unicode"),  # a JSON escape of half a surrogate pair
+        ('["caf\udce9"]', "not UTF-8"),  # the byte 0xe9 alone: argv decodes it to a surrogate
+    ],
+    ids=["bad-json", "object", "number", "bad-base64", "deep", "huge-int", "surrogate-escape", "latin-1-byte"],
 )
 def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
@@ -326,6 +336,7 @@ def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: 
         assert result.returncode == 2
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+        assert len(result.stderr) < 1000  # a long argument is quoted shortened
         assert receiver.receive(timeout=0.3) == []
         assert pipebit.pipe_stats(name).packets_written == 0
 
@@ -419,3 +430,7 @@ def test_version_and_usage_errors() -> None:
     assert run().returncode == 2
     assert run("frobnicate").returncode == 2
     assert run("tail", "-n", "-1", "x").returncode == 2
+    too_long = run("tail", "-n", "9" * 5000, "x")  # more digits than Python converts
+    assert too_long.returncode == 2
+    assert "Traceback" not in too_long.stderr
+    assert len(too_long.stderr) < 1000
