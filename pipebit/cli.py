@@ -29,7 +29,14 @@ from typing import Any, Callable, Iterator, List, Sequence
 
 from . import __version__, _codec, list_pipes, pipe_stats, remove
 from ._stats import Participant, PipeStats
-from .errors import PipeBitError, PipeBusyError, PipeNotFoundError, PipeTimeoutError, UndeliveredPacketsWarning
+from .errors import (
+    PacketSizeError,
+    PipeBitError,
+    PipeBusyError,
+    PipeNotFoundError,
+    PipeTimeoutError,
+    UndeliveredPacketsWarning,
+)
 from .fast import FastReceiver, FastSender
 from .safe import SafeReceiver, SafeSender
 
@@ -228,6 +235,20 @@ def _attach(cls: Any, name: str, expected: PipeStats, **options: Any) -> Any:
     return endpoint
 
 
+def _check_fits(name: str, stats: PipeStats, packets: Sequence[List[Any]]) -> None:
+    """Raise :class:`PacketSizeError` unless every packet meets the pipe's rules (its packet length,
+    its largest packet).  A sender finds a packet it refuses only when it comes to it, with
+    those before it already on their way: checked first, a refusal sends nothing."""
+    for number, packet in enumerate(packets, 1):
+        if stats.packet_len and len(packet) != stats.packet_len:
+            why = f"has {len(packet)} elements; pipe {name!r} carries packets of {stats.packet_len}"
+        elif (size := len(_codec.encode(packet))) > stats.max_packet_bytes:
+            why = f"encodes to {size} bytes; pipe {name!r} carries at most {stats.max_packet_bytes} bytes per packet"
+        else:
+            continue
+        raise PacketSizeError(f"packet {number} {why}: nothing was sent")
+
+
 def _first_seq(receiver: SafeReceiver) -> int:
     """Sequence number of the first packet a just-attached Safe receiver gets: ``written -
     lag - read`` of its slot.  Its reader thread updates those without the pipe's lock,
@@ -337,12 +358,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send each JSON array as one packet to an existing pipe; wait until all are in it.
 
     Bytes are written {"$bytes": "<base64>"}, as tail --json prints them.  If any
-    argument is not a JSON array, nothing is sent and the exit status is 2.
+    argument is not a JSON array a pipe can carry, nothing is sent and the exit
+    status is 2; if this pipe refuses one (too long, or too big), nothing is sent
+    and the exit status is 1.
 
     example:
       pipebit send data_pipe '[1, 2.5, "three"]' '[{"$bytes": "Zm91cg=="}, null]'
     """
     stats = pipe_stats(args.name)
+    _check_fits(args.name, stats, args.packets)
     fast = stats.model == "fast"
     sender = _attach(FastSender, args.name, stats) if fast else _attach(SafeSender, args.name, stats, flush_timeout=0)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout

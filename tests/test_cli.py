@@ -343,6 +343,29 @@ def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: 
 
 @both_transports
 @pytest.mark.parametrize(
+    ("size", "capacity", "packets", "message"),
+    [
+        (0, 4096, ["[1]", json.dumps(["x" * 5000])], "packet 2 encodes to 5004 bytes"),
+        (2, None, ["[1, 2]", "[1, 2, 3]"], "packet 2 has 3 elements"),
+    ],
+    ids=["too-big", "wrong-length"],
+)
+def test_send_checks_every_packet_fits_the_pipe_before_sending_any(
+    name: str, size: int, capacity: int | None, packets: list[str], message: str
+) -> None:
+    pipebit.SafeSender(name, 0, size=size, capacity=capacity).close_connection()  # the pipe's rules
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        result = run("send", name, *packets)
+        assert result.returncode == 1
+        assert result.stderr.startswith("pipebit: error: ")
+        assert message in result.stderr
+        assert "nothing was sent" in result.stderr
+        assert receiver.receive(timeout=0.3) == []
+        assert pipebit.pipe_stats(name).packets_written == 0
+
+
+@both_transports
+@pytest.mark.parametrize(
     "args", [("send", "{}", "[1]"), ("stat", "{}"), ("tail", "{}"), ("hz", "{}", "--count", "1"), ("rm", "{}")]
 )
 def test_commands_on_an_unknown_pipe_exit_1(name: str, args: tuple[str, ...]) -> None:
