@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 import inspect
 import json
+import math
 import os
 import signal
 import sys
@@ -101,15 +102,53 @@ def _record(stats: PipeStats) -> dict[str, Any]:
     return {**dataclasses.asdict(stats), **derived, "state": _state(stats)}
 
 
+class _Failure(Exception):
+    """An expected failure whose message is complete: :func:`main` prints it and exits 1."""
+
+
+class _Unprintable(Exception):
+    """A packet has no faithful text in the output form asked for; the message says why."""
+
+
+_PLAIN = " (tail without --json prints it)"
+
+
 def _to_json(value: Any) -> Any:
-    """A packet value as JSON data: bytes become ``{"$bytes": base64}``."""
+    """A packet value as JSON data: bytes become ``{"$bytes": base64}``, and a dict key
+    that is not a ``str`` becomes its repr (JSON keys are text): ``"3"``, ``"(1, 2)"``, ``"b'k'"``.
+
+    Raises :class:`_Unprintable` rather than print what a JSON reader would get wrong:
+    NaN and the infinities (``json.dumps`` writes ``NaN``, which is not JSON), and two
+    keys of one dict whose texts are the same (a reader keeps only one of them).
+    """
     if isinstance(value, bytes):
         return {BYTES_KEY: base64.b64encode(value).decode("ascii")}
     if isinstance(value, list):
         return [_to_json(item) for item in value]
-    if isinstance(value, dict):  # JSON keys are text: a bytes key is shown as its repr
-        return {repr(k) if isinstance(k, bytes) else k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        shown: dict[str, Any] = {}
+        for key, item in value.items():
+            text = key if isinstance(key, str) else repr(key)
+            if text in shown:  # e.g. 1 and "1"
+                raise _Unprintable(f"a dict has two keys that are both written {text!r} in JSON{_PLAIN}")
+            shown[text] = _to_json(item)
+        return shown
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Unprintable(f"JSON has no number {value!r}{_PLAIN}")
     return value
+
+
+def _format(packet: List[Any], as_json: bool) -> str:
+    """One packet as a line of output (without the newline): its repr, or JSON."""
+    try:
+        return json.dumps(_to_json(packet)) if as_json else repr(packet)
+    except RecursionError:  # both recurse once per level; a packet may nest as deep as the codec goes
+        raise _Unprintable("it nests deeper than Python can print") from None
+    except ValueError:  # from int.__repr__: the limit _int_from_json describes (the values are all builtins)
+        raise _Unprintable(
+            "it holds an integer of more digits than Python converts to text "
+            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
+        ) from None
 
 
 def _quote(text: str) -> str:
@@ -189,11 +228,31 @@ def _number(kind: Callable[[str], Any], above_zero: bool) -> Callable[[str], Any
 _count, _seconds = _number(int, above_zero=False), _number(float, above_zero=True)
 
 
-def _emit(packets: list[Any], as_json: bool) -> None:
-    """Print packets one per line (reprs, or JSON lines), flushed so a pipe downstream sees them now."""
-    if packets:
-        sys.stdout.write("".join((json.dumps(_to_json(p)) if as_json else repr(p)) + "\n" for p in packets))
+def _emit(packets: list[Any], as_json: bool, name: str) -> None:
+    """Print packets one per line (reprs, or JSON lines), flushed so a pipe downstream sees them now.
+
+    A packet that cannot be printed raises :class:`_Failure` once those before it are
+    printed: skipping it would be a loss no one sees, and a line that is not what was
+    sent would be worse.
+    """
+    lines: list[str] = []
+    error: _Failure | None = None
+    for packet in packets:
+        try:
+            lines.append(_format(packet, as_json) + "\n")
+        except _Unprintable as exc:
+            error = _Failure(f"a packet of pipe {name!r} cannot be printed{' as JSON' if as_json else ''}: {exc}")
+            break
+    if lines:
+        text = "".join(lines)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a terminal (or PYTHONIOENCODING) without some character: escape it
+            encoding = sys.stdout.encoding or "ascii"  # TextIOWrapper encodes all before writing any
+            sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
         sys.stdout.flush()
+    if error is not None:
+        raise error
 
 
 # --------------------------------------------------------------------- helpers
@@ -322,8 +381,10 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print a pipe's packets as they arrive, one per line, until Ctrl-C.
 
-    Python reprs, or JSON lines with --json (bytes as {"$bytes": "<base64>"}).
-    Ctrl-C (or SIGTERM) detaches and exits with status 0.  tail attaches a
+    Python reprs, or JSON lines with --json (bytes as {"$bytes": "<base64>"},
+    dict keys that are not text as their reprs).  Ctrl-C (or SIGTERM) detaches
+    and exits with status 0.  A packet that cannot be printed (JSON has no NaN)
+    ends tail with status 1, after the packets before it.  tail attaches a
     receiver: while it runs, a Safe pipe's senders wait for it like for any other.
 
     example:
@@ -340,15 +401,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
             if last and isinstance(receiver, SafeReceiver):
                 # Packets committed before the snapshot are "retained"; later ones are new.
                 owed = max(stats.packets_written - _first_seq(receiver), 0)
-                kept: collections.deque[Any] = collections.deque(maxlen=last)
+                # No more than owed are kept: -n may be larger than a deque's maxlen can be.
+                kept: collections.deque[Any] = collections.deque(maxlen=min(last, owed))
                 while owed > 0 and not stopped(0):
                     batch = receiver.receive(timeout=POLL)
                     kept.extend(batch[:owed])
                     if len(batch) >= owed:
-                        _emit([*kept, *batch[owed:]], args.json)
+                        _emit([*kept, *batch[owed:]], args.json, args.name)
                     owed -= len(batch)
             while not stopped(0):
-                _emit(receiver.receive(timeout=POLL), args.json)
+                _emit(receiver.receive(timeout=POLL), args.json, args.name)
         finally:
             receiver.close_connection()
     return 0
@@ -520,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except PipeNotFoundError as exc:
         _complain(f"{exc} (`pipebit ls` lists the pipes there are)")
-    except PipeBitError as exc:
+    except (PipeBitError, _Failure) as exc:
         _complain(str(exc))
     except KeyboardInterrupt:
         print("pipebit: interrupted", file=sys.stderr)

@@ -40,6 +40,7 @@ print("ready", flush=True)
 time.sleep(600)
 """
 
+
 STEADY_SENDER = """
 import sys, time, pipebit
 with pipebit.SafeSender(sys.argv[1], 0) as s:
@@ -56,6 +57,14 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def nested(depth: int) -> list[Any]:
+    """``[[[...]]]``, ``depth`` lists deep (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -70,9 +79,11 @@ def receivers(name: str) -> int:
 class Cli:
     """A long-running ``pipebit`` command whose stdout lines are read in the background."""
 
-    def __init__(self, reaper: Reaper, *args: str, script: str | None = None) -> None:
+    def __init__(
+        self, reaper: Reaper, *args: str, script: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         argv = [sys.executable, "-c", script, *args] if script else [*COMMAND, *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         reaper.children.append(self.proc)  # killed at teardown whatever happens
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._pump = threading.Thread(target=self._read, daemon=True)
@@ -253,6 +264,63 @@ def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
         second = json.loads(tail.take(1)[0])
     assert first == [1, 2.5, "s", {"$bytes": base64.b64encode(b"\x00\xff").decode()}, None, {"k": [True]}]
     assert second == [{"$bytes": ""}]
+    assert tail.interrupt() == (0, "")
+
+
+def test_tail_n_larger_than_any_pipe_prints_all_retained(name: str, reaper: Reaper) -> None:
+    stale_pipe(reaper, name, 3)
+    tail = Cli(reaper, "tail", "-n", "1" * 30, name)  # more than a C ssize_t holds
+    assert tail.take(3) == ["[0]", "[1]", "[2]"]
+    assert tail.interrupt() == (0, "")
+
+
+@both_transports
+def test_tail_json_shows_keys_that_are_not_text_as_their_repr(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        sender.send([{(1, 2): "tuple", b"k": "bytes", 3: "int", None: "none", "s": "str"}])
+        sender.flush(timeout=30)
+        tail = Cli(reaper, "tail", "--json", "-n", "1", name)
+        assert json.loads(tail.take(1)[0]) == [
+            {"(1, 2)": "tuple", "b'k'": "bytes", "3": "int", "None": "none", "s": "str"}
+        ]
+    assert tail.interrupt() == (0, "")
+
+
+@both_transports
+@pytest.mark.parametrize(
+    ("value", "as_json", "message"),
+    [
+        (float("nan"), True, "nan"),
+        (float("-inf"), True, "-inf"),
+        ({1: "int", "1": "str"}, True, "'1'"),  # both keys would print as "1": JSON readers keep one
+        (nested(980), True, "nests"),  # the codec carries it; Python's JSON encoder recurses per level
+        (10**5000, True, "PYTHONINTMAXSTRDIGITS=0"),
+        (10**5000, False, "PYTHONINTMAXSTRDIGITS=0"),
+    ],
+    ids=["nan", "-inf", "key-clash", "deep", "huge-int-json", "huge-int-repr"],
+)
+def test_tail_stops_with_an_error_at_a_packet_it_cannot_print(
+    name: str, value: Any, as_json: bool, message: str
+) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        for packet in (["before"], [value], ["after"]):
+            sender.send(packet)
+        sender.flush(timeout=30)
+        result = run("tail", *(["--json"] if as_json else []), "-n", "3", name)
+    assert result.stdout == ('["before"]\n' if as_json else "['before']\n")  # what came before it, not after
+    assert result.returncode == 1
+    assert result.stderr.startswith("pipebit: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert receivers(name) == 0
+
+
+def test_tail_escapes_text_the_terminal_cannot_show(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        sender.send(["caf\u00e9", "\u2603"])
+        sender.flush(timeout=30)
+        tail = Cli(reaper, "tail", "-n", "1", name, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+        assert tail.take(1) == ["['caf\\xe9', '\\u2603']"]
     assert tail.interrupt() == (0, "")
 
 
