@@ -20,6 +20,7 @@ import dataclasses
 import fnmatch
 import inspect
 import json
+import math
 import os
 import signal
 import sys
@@ -27,14 +28,22 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, List, Sequence
 
-from . import __version__, list_pipes, pipe_stats, remove
+from . import __version__, _codec, list_pipes, pipe_stats, remove
 from ._stats import Participant, PipeStats
-from .errors import PipeBitError, PipeBusyError, PipeNotFoundError, PipeTimeoutError, UndeliveredPacketsWarning
+from .errors import (
+    PacketSizeError,
+    PipeBitError,
+    PipeBusyError,
+    PipeNotFoundError,
+    PipeTimeoutError,
+    UndeliveredPacketsWarning,
+)
 from .fast import FastReceiver, FastSender
 from .safe import SafeReceiver, SafeSender
 
 BYTES_KEY = "$bytes"  # bytes in JSON: {"$bytes": "<base64>"}
 POLL = 0.25  # seconds between checks for Ctrl-C while tail waits for packets
+QUOTE_CHARS = 80  # an argument quoted in an error message is cut to about this many characters
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -93,33 +102,113 @@ def _record(stats: PipeStats) -> dict[str, Any]:
     return {**dataclasses.asdict(stats), **derived, "state": _state(stats)}
 
 
+class _Failure(Exception):
+    """An expected failure whose message is complete: :func:`main` prints it and exits 1."""
+
+
+class _Unprintable(Exception):
+    """A packet has no faithful text in the output form asked for; the message says why."""
+
+
+_PLAIN = " (tail without --json prints it)"
+
+
 def _to_json(value: Any) -> Any:
-    """A packet value as JSON data: bytes become ``{"$bytes": base64}``."""
+    """A packet value as JSON data: bytes become ``{"$bytes": base64}``, and a dict key
+    that is not a ``str`` becomes its repr (JSON keys are text): ``"3"``, ``"(1, 2)"``, ``"b'k'"``.
+
+    Raises :class:`_Unprintable` rather than print what a JSON reader would get wrong:
+    NaN and the infinities (``json.dumps`` writes ``NaN``, which is not JSON), and two
+    keys of one dict whose texts are the same (a reader keeps only one of them).
+    """
     if isinstance(value, bytes):
         return {BYTES_KEY: base64.b64encode(value).decode("ascii")}
     if isinstance(value, list):
         return [_to_json(item) for item in value]
-    if isinstance(value, dict):  # JSON keys are text: a bytes key is shown as its repr
-        return {repr(k) if isinstance(k, bytes) else k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, dict):
+        shown: dict[str, Any] = {}
+        for key, item in value.items():
+            text = key if isinstance(key, str) else repr(key)
+            if text in shown:  # e.g. 1 and "1"
+                raise _Unprintable(f"a dict has two keys that are both written {text!r} in JSON{_PLAIN}")
+            shown[text] = _to_json(item)
+        return shown
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Unprintable(f"JSON has no number {value!r}{_PLAIN}")
     return value
 
 
+def _format(packet: List[Any], as_json: bool) -> str:
+    """One packet as a line of output (without the newline): its repr, or JSON."""
+    try:
+        return json.dumps(_to_json(packet)) if as_json else repr(packet)
+    except RecursionError:  # both recurse once per level; a packet may nest as deep as the codec goes
+        raise _Unprintable("it nests deeper than Python can print") from None
+    except ValueError:  # from int.__repr__: the limit _int_from_json describes (the values are all builtins)
+        raise _Unprintable(
+            "it holds an integer of more digits than Python converts to text "
+            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
+        ) from None
+
+
+def _quote(text: str) -> str:
+    """``text`` quoted for an error message, cut short: a packet argument can be 128 KiB."""
+    return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "...")
+
+
 def _from_json(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook undoing :func:`_to_json`'s bytes encoding."""
+    """``json.loads`` object hook undoing :func:`_to_json`'s bytes encoding.
+
+    Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
+    """
     if len(obj) == 1 and isinstance(obj.get(BYTES_KEY), str):
-        return base64.b64decode(obj[BYTES_KEY], validate=True)  # binascii.Error, a ValueError, if not base64
+        try:
+            return base64.b64decode(obj[BYTES_KEY], validate=True)
+        except ValueError as exc:  # binascii.Error; or text that is not ASCII
+            raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
     return obj
 
 
-def _packet(text: str) -> List[Any]:
-    """argparse type of ``send``'s packets: a JSON array."""
+def _int_from_json(digits: str) -> int:
+    """``json.loads`` ``parse_int`` hook: ``int()``, or :class:`argparse.ArgumentTypeError` for too many digits.
+
+    Since CPython 3.11 (and 3.10.7, 3.9.14) ``int()`` refuses more than 4300 digits by
+    default, against quadratic-time conversions (CVE-2020-10735).  Its ValueError would
+    otherwise leave ``json.loads`` looking like any other bad JSON.
+    """
     try:
-        value = json.loads(text, object_hook=_from_json)
-    except ValueError as exc:
-        what = "JSON" if isinstance(exc, json.JSONDecodeError) else f'base64 in a "{BYTES_KEY}"'
-        raise argparse.ArgumentTypeError(f"not valid {what} ({exc}): {text!r}") from None
+        return int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an integer of {len(digits.lstrip('-'))} digits, more than Python converts from text "
+            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
+        ) from None
+
+
+def _packet(text: str) -> List[Any]:
+    """argparse type of ``send``'s packets: a JSON array that any pipe can carry.
+
+    Whatever can be wrong with one argument on its own is found here, so a bad
+    argument is a usage error (exit status 2) before anything is sent.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates (PEP 383)
+        raise argparse.ArgumentTypeError(f"not UTF-8 text (at character {exc.start}): {_quote(text)}") from None
+    try:
+        value = json.loads(text, object_hook=_from_json, parse_int=_int_from_json)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {_quote(text)}") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {_quote(text)}") from None
+    except RecursionError:  # the decoder recurses once per level of nesting
+        raise argparse.ArgumentTypeError(f"nests deeper than Python's JSON decoder goes: {_quote(text)}") from None
     if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"a packet must be a JSON array like '[1, \"a\"]', not {text!r}")
+        raise argparse.ArgumentTypeError(f"a packet must be a JSON array like '[1, \"a\"]', not {_quote(text)}")
+    try:
+        _codec.encode(value)
+    except PipeBitError as exc:  # PacketTypeError: a lone surrogate from a "\ud800" escape; PacketSizeError
+        raise argparse.ArgumentTypeError(f"{exc}: {_quote(text)}") from None
     return value
 
 
@@ -131,7 +220,7 @@ def _number(kind: Callable[[str], Any], above_zero: bool) -> Callable[[str], Any
             value = kind(text)
             if value > 0 or (value == 0 and not above_zero):  # and not nan
                 return value
-        raise argparse.ArgumentTypeError(f"expected a number {'>' if above_zero else '>='} 0, not {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number {'>' if above_zero else '>='} 0, not {_quote(text)}")
 
     return convert
 
@@ -139,11 +228,31 @@ def _number(kind: Callable[[str], Any], above_zero: bool) -> Callable[[str], Any
 _count, _seconds = _number(int, above_zero=False), _number(float, above_zero=True)
 
 
-def _emit(packets: list[Any], as_json: bool) -> None:
-    """Print packets one per line (reprs, or JSON lines), flushed so a pipe downstream sees them now."""
-    if packets:
-        sys.stdout.write("".join((json.dumps(_to_json(p)) if as_json else repr(p)) + "\n" for p in packets))
+def _emit(packets: list[Any], as_json: bool, name: str) -> None:
+    """Print packets one per line (reprs, or JSON lines), flushed so a pipe downstream sees them now.
+
+    A packet that cannot be printed raises :class:`_Failure` once those before it are
+    printed: skipping it would be a loss no one sees, and a line that is not what was
+    sent would be worse.
+    """
+    lines: list[str] = []
+    error: _Failure | None = None
+    for packet in packets:
+        try:
+            lines.append(_format(packet, as_json) + "\n")
+        except _Unprintable as exc:
+            error = _Failure(f"a packet of pipe {name!r} cannot be printed{' as JSON' if as_json else ''}: {exc}")
+            break
+    if lines:
+        text = "".join(lines)
+        try:
+            sys.stdout.write(text)
+        except UnicodeEncodeError:  # a terminal (or PYTHONIOENCODING) without some character: escape it
+            encoding = sys.stdout.encoding or "ascii"  # TextIOWrapper encodes all before writing any
+            sys.stdout.write(text.encode(encoding, "backslashreplace").decode(encoding))
         sys.stdout.flush()
+    if error is not None:
+        raise error
 
 
 # --------------------------------------------------------------------- helpers
@@ -183,6 +292,20 @@ def _attach(cls: Any, name: str, expected: PipeStats, **options: Any) -> Any:
         endpoint.close_connection()
         raise PipeNotFoundError(f"pipe {name!r} was removed (or replaced) just now")
     return endpoint
+
+
+def _check_fits(name: str, stats: PipeStats, packets: Sequence[List[Any]]) -> None:
+    """Raise :class:`PacketSizeError` unless every packet meets the pipe's rules (its packet length,
+    its largest packet).  A sender finds a packet it refuses only when it comes to it, with
+    those before it already on their way: checked first, a refusal sends nothing."""
+    for number, packet in enumerate(packets, 1):
+        if stats.packet_len and len(packet) != stats.packet_len:
+            why = f"has {len(packet)} elements; pipe {name!r} carries packets of {stats.packet_len}"
+        elif (size := len(_codec.encode(packet))) > stats.max_packet_bytes:
+            why = f"encodes to {size} bytes; pipe {name!r} carries at most {stats.max_packet_bytes} bytes per packet"
+        else:
+            continue
+        raise PacketSizeError(f"packet {number} {why}: nothing was sent")
 
 
 def _first_seq(receiver: SafeReceiver) -> int:
@@ -258,8 +381,10 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print a pipe's packets as they arrive, one per line, until Ctrl-C.
 
-    Python reprs, or JSON lines with --json (bytes as {"$bytes": "<base64>"}).
-    Ctrl-C (or SIGTERM) detaches and exits with status 0.  tail attaches a
+    Python reprs, or JSON lines with --json (bytes as {"$bytes": "<base64>"},
+    dict keys that are not text as their reprs).  Ctrl-C (or SIGTERM) detaches
+    and exits with status 0.  A packet that cannot be printed (JSON has no NaN)
+    ends tail with status 1, after the packets before it.  tail attaches a
     receiver: while it runs, a Safe pipe's senders wait for it like for any other.
 
     example:
@@ -276,15 +401,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
             if last and isinstance(receiver, SafeReceiver):
                 # Packets committed before the snapshot are "retained"; later ones are new.
                 owed = max(stats.packets_written - _first_seq(receiver), 0)
-                kept: collections.deque[Any] = collections.deque(maxlen=last)
+                # No more than owed are kept: -n may be larger than a deque's maxlen can be.
+                kept: collections.deque[Any] = collections.deque(maxlen=min(last, owed))
                 while owed > 0 and not stopped(0):
                     batch = receiver.receive(timeout=POLL)
                     kept.extend(batch[:owed])
                     if len(batch) >= owed:
-                        _emit([*kept, *batch[owed:]], args.json)
+                        _emit([*kept, *batch[owed:]], args.json, args.name)
                     owed -= len(batch)
             while not stopped(0):
-                _emit(receiver.receive(timeout=POLL), args.json)
+                _emit(receiver.receive(timeout=POLL), args.json, args.name)
         finally:
             receiver.close_connection()
     return 0
@@ -294,12 +420,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send each JSON array as one packet to an existing pipe; wait until all are in it.
 
     Bytes are written {"$bytes": "<base64>"}, as tail --json prints them.  If any
-    argument is not a JSON array, nothing is sent and the exit status is 2.
+    argument is not a JSON array a pipe can carry, nothing is sent and the exit
+    status is 2; if this pipe refuses one (too long, or too big), nothing is sent
+    and the exit status is 1.
 
     example:
       pipebit send data_pipe '[1, 2.5, "three"]' '[{"$bytes": "Zm91cg=="}, null]'
     """
     stats = pipe_stats(args.name)
+    _check_fits(args.name, stats, args.packets)
     fast = stats.model == "fast"
     sender = _attach(FastSender, args.name, stats) if fast else _attach(SafeSender, args.name, stats, flush_timeout=0)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -453,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except PipeNotFoundError as exc:
         _complain(f"{exc} (`pipebit ls` lists the pipes there are)")
-    except PipeBitError as exc:
+    except (PipeBitError, _Failure) as exc:
         _complain(str(exc))
     except KeyboardInterrupt:
         print("pipebit: interrupted", file=sys.stderr)

@@ -40,6 +40,7 @@ print("ready", flush=True)
 time.sleep(600)
 """
 
+
 STEADY_SENDER = """
 import sys, time, pipebit
 with pipebit.SafeSender(sys.argv[1], 0) as s:
@@ -56,6 +57,14 @@ def run(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def nested(depth: int) -> list[Any]:
+    """``[[[...]]]``, ``depth`` lists deep (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -70,9 +79,11 @@ def receivers(name: str) -> int:
 class Cli:
     """A long-running ``pipebit`` command whose stdout lines are read in the background."""
 
-    def __init__(self, reaper: Reaper, *args: str, script: str | None = None) -> None:
+    def __init__(
+        self, reaper: Reaper, *args: str, script: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         argv = [sys.executable, "-c", script, *args] if script else [*COMMAND, *args]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         reaper.children.append(self.proc)  # killed at teardown whatever happens
         self.lines: queue.Queue[str | None] = queue.Queue()
         self._pump = threading.Thread(target=self._read, daemon=True)
@@ -256,6 +267,63 @@ def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
     assert tail.interrupt() == (0, "")
 
 
+def test_tail_n_larger_than_any_pipe_prints_all_retained(name: str, reaper: Reaper) -> None:
+    stale_pipe(reaper, name, 3)
+    tail = Cli(reaper, "tail", "-n", "1" * 30, name)  # more than a C ssize_t holds
+    assert tail.take(3) == ["[0]", "[1]", "[2]"]
+    assert tail.interrupt() == (0, "")
+
+
+@both_transports
+def test_tail_json_shows_keys_that_are_not_text_as_their_repr(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        sender.send([{(1, 2): "tuple", b"k": "bytes", 3: "int", None: "none", "s": "str"}])
+        sender.flush(timeout=30)
+        tail = Cli(reaper, "tail", "--json", "-n", "1", name)
+        assert json.loads(tail.take(1)[0]) == [
+            {"(1, 2)": "tuple", "b'k'": "bytes", "3": "int", "None": "none", "s": "str"}
+        ]
+    assert tail.interrupt() == (0, "")
+
+
+@both_transports
+@pytest.mark.parametrize(
+    ("value", "as_json", "message"),
+    [
+        (float("nan"), True, "nan"),
+        (float("-inf"), True, "-inf"),
+        ({1: "int", "1": "str"}, True, "'1'"),  # both keys would print as "1": JSON readers keep one
+        (nested(980), True, "nests"),  # the codec carries it; Python's JSON encoder recurses per level
+        (10**5000, True, "PYTHONINTMAXSTRDIGITS=0"),
+        (10**5000, False, "PYTHONINTMAXSTRDIGITS=0"),
+    ],
+    ids=["nan", "-inf", "key-clash", "deep", "huge-int-json", "huge-int-repr"],
+)
+def test_tail_stops_with_an_error_at_a_packet_it_cannot_print(
+    name: str, value: Any, as_json: bool, message: str
+) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        for packet in (["before"], [value], ["after"]):
+            sender.send(packet)
+        sender.flush(timeout=30)
+        result = run("tail", *(["--json"] if as_json else []), "-n", "3", name)
+    assert result.stdout == ('["before"]\n' if as_json else "['before']\n")  # what came before it, not after
+    assert result.returncode == 1
+    assert result.stderr.startswith("pipebit: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert receivers(name) == 0
+
+
+def test_tail_escapes_text_the_terminal_cannot_show(name: str, reaper: Reaper) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        sender.send(["caf\u00e9", "\u2603"])
+        sender.flush(timeout=30)
+        tail = Cli(reaper, "tail", "-n", "1", name, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+        assert tail.take(1) == ["['caf\\xe9', '\\u2603']"]
+    assert tail.interrupt() == (0, "")
+
+
 @both_transports
 def test_tail_on_a_fast_pipe(name: str, reaper: Reaper) -> None:
     with pipebit.FastSender(name, 0) as sender:
@@ -318,7 +386,17 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
 @both_transports
 @pytest.mark.parametrize(
     ("packet", "message"),
-    [("{bad", "not valid JSON"), ('{"a": 1}', "JSON array"), ("42", "JSON array"), ('[{"$bytes": "!"}]', "base64")],
+    [
+        ("{bad", "not valid JSON"),
+        ('{"a": 1}', "JSON array"),
+        ("42", "JSON array"),
+        ('[{"$bytes": "!"}]', "base64"),
+        ("[" * 5000 + "]" * 5000, "nests deeper"),
+        ("[" + "1" * 5000 + "]", "5000 digits"),
+        ('["\\ud800"]', "not valid Unicode"),  # a JSON escape of half a surrogate pair
+        ('["caf\udce9"]', "not UTF-8"),  # the byte 0xe9 alone: argv decodes it to a surrogate
+    ],
+    ids=["bad-json", "object", "number", "bad-base64", "deep", "huge-int", "surrogate-escape", "latin-1-byte"],
 )
 def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
@@ -326,6 +404,30 @@ def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: 
         assert result.returncode == 2
         assert message in result.stderr
         assert "Traceback" not in result.stderr
+        assert len(result.stderr) < 1000  # a long argument is quoted shortened
+        assert receiver.receive(timeout=0.3) == []
+        assert pipebit.pipe_stats(name).packets_written == 0
+
+
+@both_transports
+@pytest.mark.parametrize(
+    ("size", "capacity", "packets", "message"),
+    [
+        (0, 4096, ["[1]", json.dumps(["x" * 5000])], "packet 2 encodes to 5004 bytes"),
+        (2, None, ["[1, 2]", "[1, 2, 3]"], "packet 2 has 3 elements"),
+    ],
+    ids=["too-big", "wrong-length"],
+)
+def test_send_checks_every_packet_fits_the_pipe_before_sending_any(
+    name: str, size: int, capacity: int | None, packets: list[str], message: str
+) -> None:
+    pipebit.SafeSender(name, 0, size=size, capacity=capacity).close_connection()  # the pipe's rules
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        result = run("send", name, *packets)
+        assert result.returncode == 1
+        assert result.stderr.startswith("pipebit: error: ")
+        assert message in result.stderr
+        assert "nothing was sent" in result.stderr
         assert receiver.receive(timeout=0.3) == []
         assert pipebit.pipe_stats(name).packets_written == 0
 
@@ -419,3 +521,7 @@ def test_version_and_usage_errors() -> None:
     assert run().returncode == 2
     assert run("frobnicate").returncode == 2
     assert run("tail", "-n", "-1", "x").returncode == 2
+    too_long = run("tail", "-n", "9" * 5000, "x")  # more digits than Python converts
+    assert too_long.returncode == 2
+    assert "Traceback" not in too_long.stderr
+    assert len(too_long.stderr) < 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,12 +13,33 @@ import pytest
 
 import pipebit
 
+from .conftest import Reaper
+from .redis_server import RedisServer, both_transports
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
+# A sender that is still running: it sent what receiver.py --count 50 waits for, and stays attached.
+STILL_SENDING = """
+import time, pipebit
+sender = pipebit.SafeSender("data_pipe", 0)
+for i in range(50):
+    sender.send([i, i + 1, i + 2, i + 3, i + 4])
+sender.flush(timeout=30)
+print("ready", flush=True)
+time.sleep(600)
+"""
 
-def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+
+def run(
+    script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=env,
     )
 
 
@@ -70,6 +92,33 @@ def test_quick_start_pair_receiver_first(free_pipes: None) -> None:
             receiver.communicate()
     assert receiver.returncode == 0, err
     assert out.splitlines()[:50] == [str([i, i + 1, i + 2, i + 3, i + 4]) for i in range(50)]
+
+
+@both_transports
+def test_receiver_says_it_left_the_pipe_to_a_process_still_attached(
+    free_pipes: None, reaper: Reaper, transport: str, request: pytest.FixtureRequest
+) -> None:
+    env, pipe = dict(os.environ), "data_pipe"
+    if transport == "redis":  # the examples' plain name, on the test server (as README's Redis section runs them)
+        server: RedisServer = request.getfixturevalue("redis_keys_guard")
+        env["PIPEBIT_URL"], pipe = server.url, server.pipe_url("data_pipe")
+    sender = reaper.spawn(STILL_SENDING, env=env)
+    try:
+        assert sender.stdout is not None
+        assert sender.stdout.readline() == "ready\n", sender.stderr.read() if sender.stderr else ""
+        received = run("receiver.py", "--count", "50", env=env)
+        assert received.returncode == 0, received.stderr
+        assert received.stdout.splitlines()[-1] == "received 50 packets"
+        assert "1 live process" in received.stderr
+        assert "pipebit rm data_pipe" in received.stderr
+        assert pipebit.pipe_stats(pipe).senders == 1  # left in place, as it said
+    finally:
+        sender.kill()
+        sender.wait(10)
+        try:
+            pipebit.remove(pipe, force=True)
+        except pipebit.PipeNotFoundError:
+            pass
 
 
 def test_fan_out_example(free_pipes: None) -> None:
