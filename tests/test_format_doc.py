@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import struct
 from pathlib import Path
 
+import pytest
+
 from pipebit import _layout as L
+from pipebit import _shm, safe
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "format.md").read_text(encoding="utf-8")
 
@@ -33,6 +38,57 @@ def test_header_offsets_match_the_code() -> None:
                 "slot_high": L.SLOT_HIGH}  # fmt: skip
     for name, index in counters.items():
         assert doc[name] == 8 * index, name
+
+
+def test_header_table_covers_the_header_without_gaps() -> None:
+    body = DOC.split("## The header", 1)[1].split("\n## ", 1)[0]
+    rows = [(int(offset), int(size), field) for offset, size, field in
+            re.findall(r"^\| (\d+) \| (\d+) \| `?(\w+)`? \|", body, re.M)]  # fmt: skip
+    end = 0
+    for offset, size, field in rows:
+        assert offset == end, f"{field} at {offset}, the previous field ends at {end}"
+        end = offset + size
+    assert end == L.TABLE_OFFSET
+    assert ("read_mark", 192, 8) in [(field, offset, size) for offset, size, field in rows]
+    assert rows[-1] == (200, 56, "reserved")
+
+
+def test_read_mark_offset_matches_the_code() -> None:
+    # Enable after merge: READ_MARK arrives in pipebit/_layout.py with the "unread" start mode (issue #14).
+    if not hasattr(L, "READ_MARK"):
+        pytest.skip("pipebit._layout.READ_MARK does not exist yet in this checkout")
+    assert documented("The header")["read_mark"] == 8 * L.READ_MARK
+    assert L.READ_MARK < L.TABLE_OFFSET // 8
+
+
+def test_name_hash_example_recomputes(monkeypatch: pytest.MonkeyPatch) -> None:
+    found = re.search(
+        r"uid `(\d+)` and name\s+`([^`]+)` hash the bytes `([^`]+)` to\s+`([0-9a-f ]+)`, so `<h>` = "
+        r"`([a-z2-7]+)`, the segment\s+is `([^`]+)` and slot (\d+)'s semaphore `([^`]+)`",
+        DOC,
+    )
+    assert found, "the worked example of the name hash is missing or reworded"
+    uid, name, text, digest, token, segment, slot, semaphore = found.groups()
+    assert text == f"{uid}\\0{name}"  # the doc writes the NUL byte as \0
+    # The doc's recipe, followed literally (str.encode() is UTF-8).
+    raw = hashlib.blake2b(f"{uid}\0{name}".encode(), digest_size=10).digest()
+    assert raw.hex(" ") == digest
+    assert base64.b32encode(raw).decode("ascii").lower() == token
+    assert len(token) == 16
+    assert segment == f"/pipebit-{token}"
+    assert semaphore == f"{segment}.{int(slot):02d}"
+    # And the code agrees with it for that user.
+    monkeypatch.setattr(_shm.os, "getuid", lambda: int(uid))
+    assert _shm.segment_name(name) == segment
+    assert _shm.semaphore_name(name, f"{int(slot):02d}") == semaphore
+    assert _shm.semaphore_name(name, "w") == f"{segment}.w"
+
+
+def test_every_safe_start_mode_is_documented() -> None:
+    body = DOC.split("### Where a receiver starts", 1)[1].split("\n### ", 1)[0]
+    documented_starts = set(re.findall(r"^\* `\"(\w+)\"`", body, re.M))
+    assert documented_starts == {"new", "oldest", "unread"}
+    assert set(safe.STARTS) <= documented_starts
 
 
 def test_slot_offsets_match_the_code() -> None:
