@@ -27,13 +27,13 @@ Packet = List[Any]
 
 EXT_BIG_INT = 1
 
-# How deeply a packet may nest, in levels of lists, tuples and dicts, the packet's own list
-# counted.  It is the MessagePack packer's limit: deeper, it raises, and so send() raises
-# PacketSizeError.  One decoder call holds a level less (and a record's array wraps each
-# packet in one more), so a payload too deep for one call is decoded in parts: the record's
-# packets one by one, and a packet at this depth item by item (_decode_deepest).
-# tests/test_codec.py checks both ends against msgpack, so a msgpack that changed either
-# would fail there, not in a receiver.
+# How deeply a value may sit in a packet: the packet's own list is level 1, and whatever a
+# list, tuple or dict holds (dict keys too) is one level below it.  It is the MessagePack
+# packer's limit: deeper, it raises, and so send() raises PacketSizeError.  One decoder
+# call holds a level less (and a record's array wraps each packet in one more), so a
+# payload too deep for one call is decoded in parts: the record's packets one by one, and
+# a packet at this depth item by item (_decode_deepest).  tests/test_codec.py checks both
+# sides against this number with packets at, below and above it.
 MAX_DEPTH = 1025
 
 ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple and dict"
@@ -84,8 +84,8 @@ def encoding_error(exc: Exception) -> Exception:
         return PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}")
     if isinstance(exc, ValueError):  # "recursion limit exceeded": too deep, or a list containing itself
         return PacketSizeError(
-            f"packet nests too deeply: at most {MAX_DEPTH} levels of lists and dicts, the packet's own "
-            f"included (or it contains itself): {exc}"
+            f"packet nests too deeply: a value may sit at most {MAX_DEPTH} levels deep, the packet's own "
+            f"list being level 1 (or it contains itself): {exc}"
         )
     if isinstance(exc, (TypeError, OverflowError)):  # msgpack's own refusals
         return PacketTypeError(f"packet cannot be encoded: {exc}")

@@ -492,3 +492,60 @@ def test_size_of_the_pipe_binds_a_sender_that_did_not_set_one(name: str) -> None
         with pytest.raises(pipebit.PacketSizeError):
             other.send([1, 2])
         other.send([1, 2, 3])
+
+
+# ------------------------------------------------- the depth limit, end to end
+def _deep_packet(levels: int, kinds: Any, key_levels: int) -> list[Any]:
+    """A packet of ``levels - 1`` nested lists, tuples and dicts around a number, the
+    innermost ``key_levels`` of them a tuple key of a dict."""
+    value: Any = 7
+    for level in range(1, levels):
+        if level <= key_levels:
+            value = (value,) if level < key_levels else {(value,): "v"}
+        else:
+            value = kinds.choice([lambda v: [v], lambda v: (v,), lambda v: {"k": v}])(value)
+    return [value]
+
+
+def _value_depth(packet: list[Any]) -> int:
+    """How deep the deepest value sits: the packet is level 1, whatever a list, tuple or dict
+    holds (keys too) one level below it.  Iterative: no recursion limit applies."""
+    deepest, stack = 0, [(packet, 1)]
+    while stack:
+        value, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(value, (list, tuple)):
+            stack += [(item, level + 1) for item in value]
+        elif isinstance(value, dict):
+            stack += [(item, level + 1) for pair in value.items() for item in pair]
+    return deepest
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=NOISY_MACHINE)
+@given(
+    levels=st.integers(_codec.MAX_DEPTH - 3, _codec.MAX_DEPTH + 2),
+    kinds=st.randoms(use_true_random=False),
+    key_levels=st.sampled_from([0, 2, 30, 1000]),
+    neighbours=st.integers(0, 3),
+)
+def test_whatever_send_accepts_decodes_inside_a_record(
+    levels: int, kinds: Any, key_levels: int, neighbours: int
+) -> None:
+    packet = _deep_packet(levels, kinds, key_levels)
+    accepted = _value_depth(packet) <= _codec.MAX_DEPTH  # the documented limit
+    try:
+        encoded = _codec.encode(packet)
+    except pipebit.PacketSizeError:
+        assert not accepted, f"send() refused a packet {_value_depth(packet)} levels deep"
+        return
+    assert accepted, f"send() accepted a packet {_value_depth(packet)} levels deep"
+    small = _codec.encode([1, "x"])
+    record = _codec.join_batch([small] * neighbours + [encoded] + [small] * neighbours)
+    packets, damage = _codec.decode_batch(record, 2 * neighbours + 1)
+    assert damage is None
+    assert packets[:neighbours] == [[1, "x"]] * neighbours
+    assert packets[neighbours + 1 :] == [[1, "x"]] * neighbours
+    # Encoded again, what arrived is what was sent (tuples travel as arrays either way):
+    # a comparison of the two that no recursion limit can stop.
+    assert _codec.encode(packets[neighbours]) == encoded
+    assert _codec.encode(_codec.decode(encoded)) == encoded  # alone, as a Fast pipe carries it

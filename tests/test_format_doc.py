@@ -54,9 +54,6 @@ def test_header_table_covers_the_header_without_gaps() -> None:
 
 
 def test_read_mark_offset_matches_the_code() -> None:
-    # Enable after merge: READ_MARK arrives in pipebit/_layout.py with the "unread" start mode (issue #14).
-    if not hasattr(L, "READ_MARK"):
-        pytest.skip("pipebit._layout.READ_MARK does not exist yet in this checkout")
     assert documented("The header")["read_mark"] == 8 * L.READ_MARK
     assert L.READ_MARK < L.TABLE_OFFSET // 8
 

@@ -60,7 +60,7 @@ def test_the_deepest_packet_send_accepts_reaches_every_receiver_with_its_neighbo
 def test_one_level_deeper_is_refused_by_send_and_costs_nothing_else(name: str) -> None:
     with pipebit.SafeReceiver(name, 0, start="new") as receiver, pipebit.SafeSender(name, 0) as sender:
         sender.send(["before"])
-        with pytest.raises(pipebit.PacketSizeError, match=f"at most {_codec.MAX_DEPTH} levels"):
+        with pytest.raises(pipebit.PacketSizeError, match=f"at most {_codec.MAX_DEPTH} levels deep"):
             sender.send(nested(_codec.MAX_DEPTH + 1))
         sender.send(["after"])
         sender.flush(timeout=10)

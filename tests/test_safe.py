@@ -161,7 +161,7 @@ def test_override_discards_retained_packets_and_applies_size(name: str) -> None:
                 second.send([1, 2])
             second.send([7, 8, 9])
             assert receive_n(attached, 1) == [[7, 8, 9]]  # attached receivers keep working
-        with pipebit.BitPackReceiver(name) as late:
+        with pipebit.BitPackReceiver(name, start="oldest") as late:
             assert receive_n(late, 1) == [[7, 8, 9]]  # [1, 2] is gone for good
 
 
