@@ -15,8 +15,10 @@ from typing import Any, Callable
 import pytest
 
 import pipebit
-from pipebit import _codec, _shm
+from pipebit import _codec, _lock, _shm
 from pipebit import _layout as L
+from pipebit._pipe import open_pipe
+from pipebit._ring import RingReader, start_position
 
 from .helpers import poke, receive_n, ring_records, segment_path
 from .redis_server import both_transports
@@ -257,36 +259,29 @@ def test_a_forged_cursor_of_an_idle_receiver_does_not_wedge_its_senders(name: st
 # ----------------------------------------------------------------- [7] attach vs remove
 def test_removal_cannot_slip_between_attaching_and_claiming_a_slot(name: str) -> None:
     # Before: between the pipe's lifecycle lock being let go and the slot being claimed,
-    # remove() saw nobody attached and unlinked the pipe; the receiver then failed on first use.
+    # remove(), `pipebit clean` or an overriding rebuild saw nobody attached and unlinked the
+    # pipe; the new endpoint then failed on first use.  Every one of them takes the lifecycle
+    # lock first, so it must stay held until the slot is claimed.
     with pipebit.SafeSender(name, 0) as sender:
         sender.send(["retained"])
     # Hold the pipe's writers' lock, under which a slot is claimed: the receiver's attach stops there.
     fd = os.open(_shm.lock_path(name), os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     made: list[Any] = []
-    removal: list[BaseException | list[str]] = []
     attaching = threading.Thread(target=lambda: made.append(pipebit.SafeReceiver(name, 0, start="oldest")))
     attaching.start()
     try:
-        time.sleep(0.3)  # the receiver now waits for the writers' lock, half attached
-
-        def remove() -> None:
-            try:
-                removal.append(pipebit.remove(name))
-            except BaseException as exc:
-                removal.append(exc)
-
-        removing = threading.Thread(target=remove)
-        removing.start()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the receiver is now half attached, waiting to claim its slot
+        with pytest.raises(pipebit.PipeTimeoutError), _lock.lifecycle(timeout=0.3):
+            pytest.fail("the lifecycle lock was free while an endpoint was between attaching and claiming")
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
     attaching.join(10)
-    removing.join(40)
     (receiver,) = made
     try:
-        assert isinstance(removal[0], pipebit.PipeBusyError), removal
+        with pytest.raises(pipebit.PipeBusyError):
+            pipebit.remove(name)
         assert receiver.receive(timeout=5) == [["retained"]]
     finally:
         receiver.close_connection()
@@ -294,44 +289,67 @@ def test_removal_cannot_slip_between_attaching_and_claiming_a_slot(name: str) ->
 
 # ---------------------------------------------------------------- [8] skip consistency
 def test_after_structural_damage_the_records_committed_meanwhile_are_not_called_corrupt(name: str) -> None:
-    # A receiver that meets a record it cannot step over skips to the newest commit.  Before,
-    # it took the cursor from one moment and the packet count from a later one: a commit in
-    # between made the next good record look corrupt too (a second error, more packets lost).
-    capacity = 1 << 15
-    with pipebit.SafeReceiver(name, 0, capacity=capacity, start="new", max_cached=1) as receiver:
-        stop = threading.Event()
+    # A reader that meets a record it cannot step over skips to the newest commit.  Before,
+    # it took the position from the head it read when it began and the packet count from a
+    # later look: a commit in between made the next good record look corrupt too (a second
+    # error, and more packets lost).  A sender streams into a roomy ring while the reader
+    # decodes a long backlog up to the damage, so commits land in between.
+    capacity = 1 << 20
+    pipe = open_pipe(name, L.MODEL_SAFE, capacity=capacity, packet_len=None, override=False)
+    reported: list[int] = []
+    stop = threading.Event()
+    try:
 
-        def stream() -> None:  # keeps the ring full: it commits whenever the receiver makes room
-            with pipebit.SafeSender(name, 0, queue_size=64, flush_timeout=0) as sender:
+        def place(pipe: Any, base: int) -> None:
+            pipe.header[base + L.S_CURSOR], pipe.header[base + L.S_NEXT_SEQ] = start_position(pipe, "new")
+
+        slot = pipe.claim_slot(L.ROLE_RECEIVER, place)
+        reader = RingReader(pipe, slot)
+
+        def read() -> bool:
+            """One read; whether it reported damage."""
+            try:
+                reader.read(10**9)
+            except pipebit.CorruptPacketError:  # how damage was reported before
+                return True
+            return getattr(reader, "problem", None) is not None
+
+        def stream() -> None:
+            with pipebit.SafeSender(name, 0, queue_size=64) as sender:
                 i = 0
                 while not stop.is_set():
-                    try:
-                        sender.send([i, "s" * 30], timeout=0.1)
-                    except pipebit.PipeTimeoutError:
-                        continue
+                    sender.send([i, "s" * 30])
                     i += 1
 
         feeder = threading.Thread(target=stream)
         feeder.start()
-        reported = []
-        try:
-            for _ in range(15):
-                time.sleep(0.15)  # the ring fills; the receiver's thread has cached one record
-                records = ring_records(name)
-                position = records[len(records) // 2][0]  # not read yet: the writer cannot pass the reader
-                poke(name, L.DATA_OFFSET + position % capacity, struct.pack("=I", 0x7FFFFFF0))
-                errors = 0
-                deadline = time.monotonic() + 0.5
-                while time.monotonic() < deadline:
-                    try:
-                        receiver.receive(timeout=0.02)
-                    except pipebit.CorruptPacketError:
-                        errors += 1
-                reported.append(errors)
-        finally:
-            stop.set()
-            feeder.join(30)
+        for _ in range(20):
+            time.sleep(0.05)  # a backlog of records builds up
+            position = _last_record(pipe, reader.cursor)  # not read yet (walked from the reader, not from
+            # tail: tail may still lie behind an earlier round's damage)
+            poke(name, L.DATA_OFFSET + position % capacity, struct.pack("=I", 0x7FFFFFF0))
+            reports = sum(read() for _ in range(3))
+            reported.append(reports)
+        stop.set()
+        feeder.join(30)
+        pipe.release_slot(slot)
+    finally:
+        stop.set()
+        pipe.close()
     assert reported == [1] * len(reported), f"errors per damaged record: {reported}"
+
+
+def _last_record(pipe: Any, position: int) -> int:
+    """The position of the last record committed, walking from ``position`` (a record start)."""
+    head, capacity, last = pipe.header[L.HEAD], pipe.capacity, position
+    while position < head:
+        offset = position % capacity
+        length = L.RECORD.unpack_from(pipe.data, offset)[0] if capacity - offset >= L.RECORD_HEADER else L.WRAP_MARK
+        if length == L.WRAP_MARK:
+            position += capacity - offset
+            continue
+        last, position = position, position + L.align(L.RECORD_HEADER + length)
+    return last
 
 
 # ---------------------------------------------------------------- [A] start="unread"
