@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
@@ -40,6 +39,7 @@ import peers
 import redis_bench
 import report
 import workers
+from common import Measurement, Settings, settings_for
 
 import pipebit
 
@@ -57,58 +57,6 @@ SMALL_CAPACITY = pipebit.DEFAULT_CAPACITY  # 4 MiB: PipeBit's default ring, and 
 MIB_CAPACITY = 64 << 20  # for 1 MiB packets: room for 64 of them in the ring (and faster-fifo's buffer)
 MEMORY_CAP = 3 << 30  # a sender past this RSS is stopped early: the point is made
 WATCHDOG_S = 180.0  # a measurement still running after this long has stalled
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Sizes of one invocation; ``--quick`` shrinks the long ones."""
-
-    quick: bool
-    runs: int
-    small_count: int = 200_000
-    fanout_count: int = 100_000
-    fanout_receivers: int = 4
-    mib_count: int = 1000
-    round_trips: int = 20_000
-    latest_seconds: float = 2.0
-    memory_seconds: float = 10.0
-    warmup_small: int = 2000
-    warmup_mib: int = 20
-    warmup_round_trips: int = 1000
-    warmup_latest_s: float = 0.2
-    slow_consumer_s: float = 0.001  # the memory scenario's receiver handles ~1000 packets/s
-    redis_count: int = 300_000  # packets per run over Redis (and shared memory beside it)
-
-
-def settings_for(quick: bool, runs: int | None) -> Settings:
-    if quick:
-        return Settings(
-            quick=True,
-            runs=runs or 1,
-            fanout_count=30_000,
-            mib_count=300,
-            round_trips=5000,
-            latest_seconds=1.0,
-            memory_seconds=3.0,
-            redis_count=50_000,
-        )
-    return Settings(quick=False, runs=runs or 5)
-
-
-@dataclass
-class Measurement:
-    """One peer, one run of one scenario: its numbers and what its checks found."""
-
-    scenario: str
-    peer: str
-    variant: str
-    run: int
-    values: dict[str, float] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def case(self) -> str:
-        return f"{self.peer}, {self.variant}" if self.variant else self.peer
 
 
 class HarnessError(Exception):

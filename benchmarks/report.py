@@ -8,14 +8,12 @@ import os
 import platform
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import peers
+from common import Measurement, Settings
 
 import pipebit
-
-if TYPE_CHECKING:
-    from bench import Measurement, Settings
 
 Format = Callable[[float], str]
 
