@@ -39,7 +39,7 @@ import peers
 import redis_bench
 import report
 import workers
-from common import Measurement, Settings, settings_for
+from common import Measurement, Settings, load_average, memory_status, percentile, settings_for
 
 import pipebit
 
@@ -247,7 +247,7 @@ def measure_latest(harness: Harness, peer: str, readers: int, run: int) -> Measu
         values["reads_per_s"] = sum(r["reads"] for r in reading) / len(reading) / s.latest_seconds
         values["polls_per_s"] = sum(r["polls"] for r in reading) / len(reading) / s.latest_seconds
         ages = sorted(r["age_p50_ns"] for r in reading)
-        values["age_p50_us"] = ages[len(ages) // 2] / 1e3
+        values["age_p50_us"] = percentile(ages, 0.5) / 1e3
         values["age_p99_us"] = max(r["age_p99_ns"] for r in reading) / 1e3
     backwards = sum(r["backwards"] for r in reading)
     if backwards:
@@ -287,8 +287,8 @@ def measure_memory(harness: Harness, peer: str, run: int) -> Measurement:
     try:
         barrier.wait(workers.BARRIER_TIMEOUT_S)  # the receiver is attached; the sender opens
         wait_for(lambda: barrier.n_waiting == 2 or barrier.broken, workers.BARRIER_TIMEOUT_S)
-        sender_idle = workers.memory_status(sender_pid)
-        receiver_idle = workers.memory_status(receiver_pid)
+        sender_idle = memory_status(sender_pid)
+        receiver_idle = memory_status(receiver_pid)
         barrier.wait(workers.BARRIER_TIMEOUT_S)  # go
         started = time.monotonic()
         peak_anon = sender_idle["RssAnon"]
@@ -298,7 +298,7 @@ def measure_memory(harness: Harness, peer: str, run: int) -> Measurement:
                 outcome = results.get(timeout=0.1)
             except queue.Empty:
                 pass
-            status = workers.memory_status(sender_pid)
+            status = memory_status(sender_pid)
             peak_anon = max(peak_anon, status["RssAnon"])
             if status["VmRSS"] > MEMORY_CAP:
                 measurement.problems.append(f"sender passed {MEMORY_CAP >> 30} GiB: stopped early")
@@ -306,7 +306,7 @@ def measure_memory(harness: Harness, peer: str, run: int) -> Measurement:
             if time.monotonic() - started > s.memory_seconds + WATCHDOG_S:
                 raise HarnessError("stalled")
         elapsed = time.monotonic() - started
-        sender_final = workers.memory_status(sender_pid)
+        sender_final = memory_status(sender_pid)
         sent = progress.value
     except (HarnessError, threading.BrokenBarrierError, OSError) as exc:
         measurement.problems.append(f"failed: {exc!r}")
@@ -429,9 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     if leftovers:
         print(f"warning: pipes left behind: {leftovers}", file=sys.stderr)
     elapsed = time.monotonic() - started
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     at_start = [label for label, _ in environment].index("load average at start")
-    environment.insert(at_start + 1, ("load average at end", f"{load} (other work on the machine shows here)"))
+    environment.insert(
+        at_start + 1, ("load average at end", f"{load_average()} (other work on the machine shows here)")
+    )
     text = report.render(
         environment, settings, measurements, elapsed, chart="benchmarks.png", redis=redis_section, floor=floor_section
     )

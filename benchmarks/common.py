@@ -7,7 +7,13 @@ import it without a circle.  Everything here is written once for all of them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+import pipebit
 
 
 # ------------------------------------------------------------------- settings
@@ -62,3 +68,50 @@ class Measurement:
     @property
     def case(self) -> str:
         return f"{self.peer}, {self.variant}" if self.variant else self.peer
+
+
+# ----------------------------------------------------------------- statistics
+def percentile(sorted_values: Any, fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted sequence (``nan`` if empty).
+
+    ``fraction=0.5`` is the median the scripts print: the upper middle value
+    when the count is even.
+    """
+    if not sorted_values:
+        return float("nan")
+    return float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))])
+
+
+# ---------------------------------------------------------------- the machine
+def memory_status(pid: int | str = "self") -> dict[str, int]:
+    """``VmRSS``, ``VmHWM`` (peak RSS), ``RssAnon`` and ``RssShmem`` of a process, in bytes.
+
+    A process that has exited but not been reaped has none of them: the dict is
+    then empty.  ``OSError`` if there is no such process.
+    """
+    status: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssShmem"):
+                status[key] = int(value.split()[0]) * 1024
+    return status
+
+
+def load_average() -> str:
+    """The load averages over 1, 5 and 15 minutes, as the environment header shows them."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def msgpack_version() -> str:
+    """The version of the MessagePack library PipeBit encodes with."""
+    return ".".join(map(str, msgpack.version))
+
+
+# -------------------------------------------------------------------- cleanup
+def remove_pipe(name: str) -> None:
+    """Remove pipe ``name`` and all it holds in /dev/shm, whoever is attached; one already gone is fine."""
+    try:
+        pipebit.remove(name, force=True)
+    except pipebit.PipeNotFoundError:
+        pass

@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable
 
 import msgpack
+from common import msgpack_version
 
 import pipebit
 from pipebit import _codec
@@ -288,7 +289,7 @@ def report(calls: int = 200_000, rounds: int = 7) -> str:
 
     lines = [
         f"`send()` piece by piece: `benchmarks/floor.py` ({platform.python_implementation()} "
-        f"{platform.python_version()}, msgpack {'.'.join(map(str, msgpack.version))}, best of {rounds} x "
+        f"{platform.python_version()}, msgpack {msgpack_version()}, best of {rounds} x "
         f"{calls:,} calls, CPU time of the calling thread, no receiver attached unless said).",
         "",
         "| step | ns per packet |",

@@ -32,6 +32,7 @@ from typing import Any, List
 
 import faster_fifo
 import zmq
+from common import remove_pipe
 
 import pipebit
 
@@ -101,10 +102,7 @@ def make_channel(
 def discard_channel(channel: Channel) -> None:
     """Release what the parent holds for ``channel``; remove its pipe or socket file."""
     if channel.peer in (PIPEBIT_SAFE, PIPEBIT_SPIN, PIPEBIT_SLEEP, PIPEBIT_FAST):
-        try:
-            pipebit.remove(channel.name, force=True)
-        except pipebit.PipeNotFoundError:
-            pass
+        remove_pipe(channel.name)
     elif channel.peer == MP_QUEUE:
         for q in channel.queues:
             q.close()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import peers
-from common import Measurement, Settings
+from common import Measurement, Settings, load_average, msgpack_version
 
 import pipebit
 
@@ -222,7 +222,6 @@ TARGET_NOTE = (
 # ------------------------------------------------------------- environment
 def environment(settings: Settings) -> list[tuple[str, str]]:
     """``(label, value)`` pairs describing the machine, the software and the invocation."""
-    import msgpack
     import zmq
 
     cpu = "unknown"
@@ -233,7 +232,6 @@ def environment(settings: Settings) -> list[tuple[str, str]]:
                 break
     with open("/proc/meminfo") as file:
         memory_kb = int(file.readline().split()[1])
-    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     cores = os.cpu_count() or 0
     return [
         ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
@@ -241,11 +239,11 @@ def environment(settings: Settings) -> list[tuple[str, str]]:
         ("memory", f"{memory_kb / 1e6:.1f} GB"),
         ("OS", f"{platform.system()} {platform.release()} ({platform.machine()})"),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
-        ("pipebit", f"{pipebit.__version__} (msgpack {'.'.join(map(str, msgpack.version))})"),
+        ("pipebit", f"{pipebit.__version__} (msgpack {msgpack_version()})"),
         ("pyzmq", f"{zmq.__version__} (libzmq {zmq.zmq_version()})"),
         ("faster-fifo", importlib.metadata.version("faster-fifo")),
         ("mode", f"{'quick' if settings.quick else 'full'}, {settings.runs} run(s), medians"),
-        ("load average at start", load),
+        ("load average at start", load_average()),
         (
             "caveat",
             f"a shared, noisy virtual machine with {cores} cores: medians of {settings.runs} run(s); "

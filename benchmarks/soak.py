@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from common import memory_status, remove_pipe
+
 import pipebit
 from pipebit import _shm
 
@@ -235,13 +237,9 @@ class Worker:
 
 def rss_of(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+        return memory_status(pid).get("VmRSS")
     except OSError:
         return None
-    return None
 
 
 def shm_bytes(name: str) -> int:
@@ -752,10 +750,7 @@ def main(argv: list[str] | None = None) -> int:
             if worker.proc.poll() is None:
                 worker.proc.kill()
                 worker.proc.wait(30)
-        try:
-            pipebit.remove(soak.name, force=True)
-        except pipebit.PipeNotFoundError:
-            pass
+        remove_pipe(soak.name)
         shutil.rmtree(soak.tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")

@@ -18,6 +18,7 @@ import os
 import time
 
 import posix_ipc
+from common import percentile
 
 ROUND_TRIPS = 4000
 WARMUP = 400
@@ -60,7 +61,7 @@ def measure(work_us: float) -> float:
         outbox.unlink()
         inbox.unlink()
     samples.sort()
-    return samples[len(samples) // 2] / 1000
+    return percentile(samples, 0.5) / 1000
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import peers
+from common import memory_status, percentile
 
 Result = dict[str, Any]
 
@@ -65,24 +66,6 @@ def child_main(job: Job, results: Any) -> None:
         return
     if result is not None:
         results.put(result)
-
-
-def memory_status(pid: int | str = "self") -> dict[str, int]:
-    """``VmRSS``, ``VmHWM`` (peak RSS), ``RssAnon`` and ``RssShmem`` of a process, in bytes."""
-    status: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as file:
-        for line in file:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssShmem"):
-                status[key] = int(value.split()[0]) * 1024
-    return status
-
-
-def percentile(sorted_values: Any, fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted sequence (``nan`` if empty)."""
-    if not sorted_values:
-        return float("nan")
-    return float(sorted_values[min(len(sorted_values) - 1, int(fraction * len(sorted_values)))])
 
 
 # ------------------------------------------------------------------ warm-up
