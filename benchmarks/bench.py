@@ -15,7 +15,7 @@ found, and PipeBit's ratio to each peer measured in the same invocation.
 Every process is a real child process started with the ``spawn`` method; in
 each run the peers of a scenario are measured one after the other, so slow
 phases of a noisy machine hit all of them.  How each scenario is measured is
-described in ``METHOD`` in ``report.py`` and at the end of ``docs/benchmarks.md``.
+described in ``METHOD`` in ``notes.py`` and at the end of ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 
+import chart
 import floor
 import redis_bench
 import report
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write_docs:
         docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
-        report.chart(measurements, os.path.join(docs, "benchmarks.png"))
+        chart.draw(measurements, os.path.join(docs, "benchmarks.png"))
         with open(os.path.join(docs, "benchmarks.md"), "w") as file:
             file.write(text)
         print(f"wrote {docs}/benchmarks.md and {docs}/benchmarks.png", file=sys.stderr)
