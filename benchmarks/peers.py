@@ -171,9 +171,12 @@ class PipeBitFastReader:
         self._receiver.close_connection()
 
 
-# ------------------------------------------------------------ multiprocessing
-class MpQueueSender:
-    """``mp.Queue.put()``: appends to an unbounded in-process buffer; a feeder thread pickles."""
+# ------------------------------------------------------------ queue senders
+class QueueSender:
+    """A sender over one queue per receiver (``mp.Queue``, ``faster_fifo.Queue``): ``put()`` on each.
+
+    With one receiver, ``send`` is the queue's own ``put``, bound directly.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self._queues = channel.queues
@@ -186,6 +189,11 @@ class MpQueueSender:
         # Fan-out with queues means one queue per receiver, and one put (one pickling) per queue.
         for q in self._queues:
             q.put(packet)
+
+
+# ------------------------------------------------------------ multiprocessing
+class MpQueueSender(QueueSender):
+    """``mp.Queue.put()``: appends to an unbounded in-process buffer; a feeder thread pickles."""
 
     def close(self) -> None:
         for q in self._queues:
@@ -231,19 +239,11 @@ class MpPipeReceiver:
 
 
 # ------------------------------------------------------------------- faster-fifo
-class FasterFifoSender:
-    """``faster_fifo.Queue.put()``: pickles into a bounded shared-memory buffer, waiting for room."""
+class FasterFifoSender(QueueSender):
+    """``faster_fifo.Queue.put()``: pickles into a bounded shared-memory buffer, waiting for room.
 
-    def __init__(self, channel: Channel) -> None:
-        self._queues = channel.queues
-        if len(self._queues) == 1:
-            self.send = self._queues[0].put  # blocks while the buffer is full (Full after 10 s)
-        else:
-            self.send = self._send_to_each
-
-    def _send_to_each(self, packet: Packet) -> None:
-        for q in self._queues:
-            q.put(packet)
+    ``put()`` blocks while the buffer is full (``Full`` after 10 s).
+    """
 
     def close(self) -> None:
         pass
