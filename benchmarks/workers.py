@@ -150,6 +150,8 @@ def stream_receiver(
         if not batch:
             break  # only lossy peers return nothing: silent for peers.IDLE_TIMEOUT_S
         t_last = time.monotonic_ns()
+        # The order check is inline here and in memory_receiver, not a shared function:
+        # a call per packet (most peers hand out one per recv()) would be part of what is measured.
         for packet in batch:
             number = packet[0]
             if number != expected:
