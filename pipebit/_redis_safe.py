@@ -129,6 +129,7 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
         limit = self._flush_timeout if timeout is None else check_timeout(timeout)
         with self._mutex:
             self._healthy = False
+            self._cond.notify_all()  # a send() waiting for room raises now
         self._wait_delivered(limit, report=False)
         self._abort.set()
         worker = self._worker
@@ -205,11 +206,16 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
         raise PipeClosedError(f"sender of pipe {self._shown!r} is closing: close_connection() was called")
 
     def _wait_for_room(self, n: int, timeout: float | None) -> None:
-        # Called with the mutex held.
+        # Called with the mutex held.  Closing is looked at before room, at every wake-up: once
+        # close_connection() has begun, what is queued is all it delivers or counts as lost, so
+        # a packet let in then (into room the delivery thread made, or the queue close emptied)
+        # would vanish uncounted.
         deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
-        while len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
+        while True:
             if not self._healthy:
                 self._raise_unhealthy()
+            if len(self._queue) < self._queue_size and not (self._queue and self._queued_bytes + n > self._queue_bytes):
+                return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise PipeTimeoutError(
