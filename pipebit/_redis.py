@@ -118,6 +118,8 @@ if exists then
     exists = false
   elseif model ~= ARGV[1] then
     return {'mismatch', model}
+  elseif ARGV[2] ~= '' and ARGV[2] ~= capacity then
+    return {'size', capacity}
   end
 end
 local packet_len = ARGV[4] ~= '' and ARGV[4] or '0'

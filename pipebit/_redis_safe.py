@@ -187,10 +187,7 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
                 raise error from exc
             n = len(encoded)
             if n > self._max_packet:
-                raise PacketSizeError(
-                    f"packet encodes to {n} bytes; pipe {self._shown!r} carries at most {self._max_packet} "
-                    "bytes per packet: create the pipe with a larger capacity"
-                )
+                raise self._too_big(n, self._max_packet)
             if len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
                 self._wait_for_room(n, timeout)
             self._queue.append(encoded)

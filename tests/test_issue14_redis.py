@@ -29,6 +29,46 @@ def drain(receiver: pipebit.SafeReceiver, quiet: float = 0.5) -> list[Any]:
         got += batch
 
 
+# ------------------------------------------------------------ B: explicit sizes
+@both_transports
+def test_an_explicit_capacity_that_differs_is_refused_naming_the_ways_out(name: str) -> None:
+    with pipebit.SafeSender(name, 0, capacity=8192) as sender:
+        for cls in (pipebit.SafeReceiver, pipebit.SafeSender):
+            with pytest.raises(pipebit.CapacityMismatchError) as info:
+                cls(name, 0, capacity=16384)
+            text = str(info.value)
+            assert isinstance(info.value, ValueError)
+            assert "capacity=8192" in text, text
+            assert "capacity=16384" in text, text
+            assert "override=True" in text, text
+            assert "pipebit rm" in text, text
+        with pipebit.SafeReceiver(name, 0, capacity=8192), pipebit.SafeReceiver(name, 0):
+            pass  # the same size, or none: the pipe's
+        assert sender.stats().pipe.capacity == 8192
+        with pytest.raises(pipebit.PipeBusyError):  # override needs the pipe idle
+            pipebit.SafeSender(name, 0, capacity=16384, override=True)
+    with pipebit.SafeSender(name, 0, capacity=16384, override=True) as bigger:
+        assert bigger.stats().pipe.capacity == 16384
+
+
+@both_transports
+def test_an_explicit_slot_size_that_differs_is_refused_naming_the_ways_out(name: str) -> None:
+    with pipebit.FastSender(name, 0, slot_size=1024) as sender:
+        for cls in (pipebit.FastReceiver, pipebit.FastSender):
+            with pytest.raises(pipebit.CapacityMismatchError) as info:
+                cls(name, 0, slot_size=2048)
+            text = str(info.value)
+            assert "slot_size=1024" in text, text
+            assert "slot_size=2048" in text, text
+            assert "override=True" in text, text
+            assert "pipebit rm" in text, text
+        with pipebit.FastReceiver(name, 0, slot_size=1024) as same, pipebit.FastReceiver(name, 0) as plain:
+            sender.send([1])
+            sender.flush(timeout=10)
+            assert same.receive(timeout=10) == [[1]]
+            assert plain.receive(timeout=10) == [[1]]
+
+
 # ------------------------------------------- 3: close_connection() while send() waits
 @both_transports
 @pytest.mark.parametrize("meanwhile", ["nothing_moves", "room_comes"])

@@ -210,13 +210,27 @@ def test_create_false_and_the_model_and_size_rules(url: str) -> None:
             sender.send([1, object()])  # type: ignore[list-item]
         with pytest.raises(pipebit.PacketTypeError):
             sender.send("no list")  # type: ignore[arg-type]
-        with pytest.raises(pipebit.PacketSizeError, match="at most 4075 bytes"):
+        with pytest.raises(pipebit.PacketSizeError, match="at most 4075 bytes") as info:
             sender.send([1, b"x" * 4096])
+        for way_out in ("capacity=4096", "override=True", f"pipebit rm {url}"):  # as for a size mismatch
+            assert way_out in str(info.value)
         sender.send([1, b"x" * 4000])  # the largest packet still fits
         sender.flush(timeout=10)
         stats = sender.stats()
         assert (stats.pipe.model, stats.pipe.capacity, stats.pipe.packet_len) == ("safe", 4096, 2)
         assert (stats.role, stats.packets, stats.pending) == ("sender", 1, 0)
+
+
+def test_a_value_too_big_for_a_fast_pipe_names_the_ways_out(server: RedisServer, make_name: Callable[[], str]) -> None:
+    url = server.pipe_url(make_name())
+    try:
+        with pipebit.FastSender(url, 0, slot_size=256) as sender:
+            with pytest.raises(pipebit.PacketSizeError, match="at most 256 bytes") as info:
+                sender.send([b"x" * 300])
+            for way_out in ("slot_size=256", "override=True", f"pipebit rm {url}"):
+                assert way_out in str(info.value)
+    finally:
+        pipebit.remove(url, force=True)
 
 
 SENDER = """
@@ -264,7 +278,8 @@ def test_a_live_stalled_receiver_holds_the_sender_and_a_killed_one_lets_go(url: 
 def test_several_receivers_in_processes_each_get_everything(url: str, reaper: Reaper) -> None:
     code = """
 import sys, json, pipebit
-with pipebit.SafeReceiver(sys.argv[1], 0, max_cached=500) as r:  # small caches: backpressure on the way
+# Small caches: backpressure on the way.  The capacity the sender asks for: an explicit size is never ignored.
+with pipebit.SafeReceiver(sys.argv[1], 0, max_cached=500, capacity=65536) as r:
     print("ready", flush=True)
     got = []
     while len(got) < 20000:
