@@ -71,16 +71,20 @@ local function split(id)
   local b, s = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(b), tonumber(s)
 end
-local function first_start(stream, head)
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if not first then return head end
-  local b, s = split(first[1])
-  local f = first[2]
+local function entry_start(entry)
+  local b, s = split(entry[1])
+  local f = entry[2]
   local n, d = 0, ''
   for i = 1, #f, 2 do
     if f[i] == 'n' then n = tonumber(f[i + 1]) elseif f[i] == 'd' then d = f[i + 1] end
   end
-  return fmt(b - #d) .. '-' .. fmt(s - n)
+  return b - #d, s - n
+end
+local function first_start(stream, head)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not first then return head end
+  local b, s = entry_start(first)
+  return fmt(b) .. '-' .. fmt(s)
 end
 local function later(a, b)
   if split(a) >= split(b) then return a end
@@ -187,6 +191,14 @@ redis.call('HSET', KEYS[1], 'head', id, 'written', fmt(ns), 'last_write_ms', fmt
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
 local cut = math.min(low, math.max(nb - capacity, split(m[5])))
 redis.call('XTRIM', KEYS[2], 'MINID', fmt(cut + 1))
+-- MINID goes by entry ends; an entry that starts before nb - capacity and ends after it would
+-- keep more than capacity bytes, where the ring would have overwritten that record: it goes
+-- too, once no live receiver has it left to read.
+while true do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if not first or split(first[1]) > low or entry_start(first) >= nb - capacity then break end
+  redis.call('XDEL', KEYS[2], first[1])
+end
 return {'ok', m[2]}
 """
 )

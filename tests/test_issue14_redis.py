@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 import pipebit
+from pipebit import _codec
 
-from .redis_server import both_transports
+from .redis_server import RedisServer, both_transports
 
 
 def drain(receiver: pipebit.SafeReceiver, quiet: float = 0.5) -> list[Any]:
@@ -136,3 +137,32 @@ def test_a_send_waiting_for_room_raises_when_the_sender_closes(
     # Every packet send() accepted was either delivered or counted in the warning.
     assert got == [[i, packet] for i in range(len(got))]
     assert len(got) + lost == accepted
+
+
+# ------------------------------------------------------ 12: retention is bounded by capacity
+@both_transports
+def test_a_pipe_retains_at_most_its_capacity(name: str, transport: str, request: pytest.FixtureRequest) -> None:
+    capacity = 65536
+    server: RedisServer | None = request.getfixturevalue("redis_keys_guard") if transport == "redis" else None
+
+    def retained_on_the_server() -> int:
+        assert server is not None
+        stream = f"pipebit:{{{name.rsplit('/', 1)[1]}}}:stream"
+        return sum(len(fields[b"d"]) for _, fields in server.client().xrange(stream))
+
+    sent = []
+    with pipebit.SafeSender(name, 0, capacity=capacity) as sender:  # no receiver: nothing holds it back
+        for i in range(900):
+            sent.append([i, b"x" * (40 + (i * 37) % 400)])
+            sender.send(sent[-1], timeout=30)
+            if i % 3 == 2:  # small batches, each its own record (entry)
+                sender.flush(timeout=30)
+                if server is not None:
+                    retained = retained_on_the_server()
+                    assert retained <= capacity, f"{retained} bytes retained after packet {i}"
+        sender.flush(timeout=30)
+    with pipebit.SafeReceiver(name, 0, start="oldest") as late:
+        retained_packets = drain(late)
+    assert retained_packets == sent[len(sent) - len(retained_packets) :]
+    assert sum(len(_codec.encode(p)) for p in retained_packets) <= capacity
+    assert pipebit.pipe_stats(name).used_bytes <= capacity
