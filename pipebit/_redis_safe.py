@@ -469,11 +469,13 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         attempt = 0
         while not stopping.is_set():
             with self._mutex:
-                if len(self._cache) >= self._max_cached or self._cached_bytes >= self._max_cached_bytes:
+                if self._stalled():
                     self._cond.wait(R.BEAT_INTERVAL)
-                    if self._cached_bytes >= self._max_cached_bytes:
-                        continue
-                room = self._max_cached - len(self._cache)
+                    if stopping.is_set():
+                        return
+                # Cache full: only check in (a receiver that stops checking in is let go by the
+                # senders after 5 s).
+                room = 0 if self._stalled() else self._max_cached - len(self._cache)
             try:
                 pipe = link.client.pipeline(transaction=False)
                 self._beat(link, pipe, self._position, str(self._read))
@@ -499,6 +501,10 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
                 raise self._removed()
             if room > 0 and replies[1]:
                 self._take(R.read_entries(replies[1]))
+
+    def _stalled(self) -> bool:
+        """Whether the thread must not read on: the cache is full."""
+        return len(self._cache) >= self._max_cached or self._cached_bytes >= self._max_cached_bytes
 
     def _take(self, entries: list[Any]) -> None:
         """Decode entries into the cache; a gap (packets trimmed while this receiver could not

@@ -233,6 +233,23 @@ def test_a_value_too_big_for_a_fast_pipe_names_the_ways_out(server: RedisServer,
         pipebit.remove(url, force=True)
 
 
+def test_a_receiver_whose_cache_is_full_by_bytes_keeps_checking_in(url: str) -> None:
+    from pipebit import _redis
+
+    with (
+        pipebit.SafeReceiver(url, 0, capacity=256 << 10, max_cached_bytes=16 << 10) as receiver,
+        pipebit.SafeSender(url, 0) as sender,
+    ):
+        for i in range(8):
+            sender.send([i, b"x" * (8 << 10)], timeout=30)
+        sender.flush(timeout=30)
+        wait_until(lambda: receiver.stats().pending >= 2, 10, "the receiver's cache to fill")
+        time.sleep(_redis.ALIVE_MS / 1000 + 1.5)  # what a receiver that stopped checking in would outlive
+        (mine,) = [p for p in pipebit.pipe_stats(url).participants if p.role == "receiver"]
+        assert mine.alive, "a receiver that is alive but not reading was let go"
+        assert [p[0] for p in receive_n(receiver, 8, timeout=20)] == list(range(8))
+
+
 SENDER = """
 import sys, pipebit
 with pipebit.SafeSender(sys.argv[1], 0, capacity=int(sys.argv[3])) as s:
