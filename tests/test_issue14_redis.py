@@ -17,7 +17,18 @@ import pytest
 import pipebit
 from pipebit import _codec
 
+from .helpers import receive_n, wait_until
 from .redis_server import RedisServer, both_transports
+
+
+def numbered(first: int, stop: int) -> list[list[int]]:
+    return [[i] for i in range(first, stop)]
+
+
+def send_range(sender: pipebit.SafeSender, first: int, stop: int) -> None:
+    for packet in numbered(first, stop):
+        sender.send(packet, timeout=30)
+    sender.flush(timeout=30)
 
 
 def drain(receiver: pipebit.SafeReceiver, quiet: float = 0.5) -> list[Any]:
@@ -137,6 +148,22 @@ def test_a_send_waiting_for_room_raises_when_the_sender_closes(
     # Every packet send() accepted was either delivered or counted in the warning.
     assert got == [[i, packet] for i in range(len(got))]
     assert len(got) + lost == accepted
+
+
+# ------------------------------------- 9: reconnecting resumes after what receive() returned
+@both_transports
+def test_reconnecting_resumes_after_the_last_packet_receive_returned(name: str) -> None:
+    with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0, start="new") as receiver:
+        send_range(sender, 0, 20)
+        assert receive_n(receiver, 20, timeout=20) == numbered(0, 20)
+        send_range(sender, 20, 70)
+        wait_until(lambda: receiver.stats().pending == 50, 20, "the receiver's thread to cache 50 packets")
+        receiver.close_connection()  # the cached 50 are dropped, and read again after reconnecting
+        receiver.open_connection()
+        assert receive_n(receiver, 50, timeout=20) == numbered(20, 70)
+        assert receiver.receive(timeout=0.3) == []
+        send_range(sender, 70, 75)
+        assert receive_n(receiver, 5, timeout=20) == numbered(70, 75)
 
 
 # ------------------------------------------------------ 12: retention is bounded by capacity

@@ -17,12 +17,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import pipebit
-from pipebit import _address
+from pipebit import _address, _codec
 
 from .conftest import Reaper
 from .helpers import Child, receive_n, wait_until
@@ -248,6 +248,44 @@ def test_a_receiver_whose_cache_is_full_by_bytes_keeps_checking_in(url: str) -> 
         (mine,) = [p for p in pipebit.pipe_stats(url).participants if p.role == "receiver"]
         assert mine.alive, "a receiver that is alive but not reading was let go"
         assert [p[0] for p in receive_n(receiver, 8, timeout=20)] == list(range(8))
+
+
+def add_raw_entry(server: RedisServer, url: str, packets: list[bytes]) -> None:
+    """Append an entry of ``packets`` (encoded, or any bytes) as a sender would, moving ``head`` on."""
+    name = url.rsplit("/", 1)[1]
+    client = server.client()
+    meta, stream = f"pipebit:{{{name}}}:meta", f"pipebit:{{{name}}}:stream"
+    end_bytes, end_seq = (int(part) for part in client.hget(meta, "head").decode().split("-"))
+    data = _codec.join_batch(packets)
+    entry = f"{end_bytes + len(data)}-{end_seq + len(packets)}"
+    client.xadd(stream, {"n": len(packets), "d": data}, id=entry)
+    client.hset(meta, mapping={"head": entry, "written": end_seq + len(packets)})
+
+
+def test_each_damaged_entry_is_raised_in_its_place_and_costs_only_itself(url: str, server: RedisServer) -> None:
+    def send(sender: pipebit.SafeSender, value: int) -> None:
+        sender.send([value])
+        sender.flush(timeout=10)
+
+    broken = b"\xc1"  # a byte MessagePack never uses
+    with pipebit.SafeSender(url, 0) as sender:
+        send(sender, 0)
+        add_raw_entry(server, url, [_codec.encode([10]), broken, _codec.encode([11])])
+        send(sender, 1)
+        add_raw_entry(server, url, [_codec.encode([20]), broken])
+        send(sender, 2)
+    events: list[Any] = []
+    with pipebit.SafeReceiver(url, 0, start="oldest") as receiver:  # all of it in the thread's first read
+        quiet = 0
+        while quiet < 3:
+            try:
+                got = receiver.receive(timeout=0.3)
+            except pipebit.CorruptPacketError:
+                events.append("damage")
+                continue
+            events += [p[0] for p in got]
+            quiet = 0 if got else quiet + 1
+    assert events == [0, 10, "damage", 1, 20, "damage", 2]
 
 
 SENDER = """
