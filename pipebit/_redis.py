@@ -4,8 +4,9 @@ Every key of pipe ``<name>`` carries the hash tag ``{<name>}``, so a pipe's keys
 share one cluster slot and each script touches only keys it declares:
 
 * ``pipebit:{<name>}:meta`` (hash) -- ``model`` (``safe``/``fast``), ``capacity``,
-  ``packet_len``, ``created_ns`` (the incarnation), ``head`` and ``tail`` (Safe),
-  ``written``, ``last_write_ms``;
+  ``packet_len``, ``created_ns`` (the incarnation), ``head``, ``tail`` and
+  ``read_mark`` (Safe: how far receivers that have left had read), ``written``,
+  ``last_write_ms``;
 * ``pipebit:{<name>}:stream`` (Safe) -- one entry per batch of packets, fields
   ``n`` (packet count) and ``d`` (a MessagePack array of the packets).  An entry's
   id is ``<bytes>-<packets>``: the pipe's byte and packet counts at the end of the
@@ -90,6 +91,14 @@ local function later(a, b)
   if split(a) >= split(b) then return a end
   return b
 end
+local function mark_read(meta, position)
+  -- A receiver that leaves (or is forgotten) had read up to position: read_mark, the furthest
+  -- such position, only grows, and only to where the pipe has reached.
+  local m = redis.call('HMGET', meta, 'read_mark', 'head')
+  local p, head = split(position), m[2] and split(m[2])
+  if not p or not head then return end
+  if p > (split(m[1] or '0-0') or -1) and p <= head then redis.call('HSET', meta, 'read_mark', position) end
+end
 local function check_in(id, info, ttl, now)
   redis.call('HSET', KEYS[4], id, fmt(now + tonumber(ttl)))
   redis.call('HSETNX', KEYS[3], id, info)
@@ -109,6 +118,8 @@ local alive = redis.call('HGETALL', KEYS[4])
 for i = 1, #alive, 2 do
   local deadline = tonumber(alive[i + 1])
   if deadline + tonumber(ARGV[14]) < now then
+    local read = redis.call('HGET', KEYS[5], alive[i])
+    if read then mark_read(meta, read) end
     for k = 3, 6 do redis.call('HDEL', KEYS[k], alive[i], alive[i] .. '.w') end
   elseif deadline > now then live = live + 1 end
 end
@@ -132,7 +143,7 @@ if not exists then
   local t = redis.call('TIME')
   redis.call('HSET', meta, 'model', ARGV[1], 'capacity', ARGV[2] ~= '' and ARGV[2] or ARGV[3],
     'packet_len', packet_len, 'created_ns', t[1] .. string.format('%06d', tonumber(t[2])) .. '000',
-    'head', '0-0', 'tail', '0-0', 'written', '0', 'last_write_ms', '0')
+    'head', '0-0', 'tail', '0-0', 'read_mark', '0-0', 'written', '0', 'last_write_ms', '0')
   status = 'created'
 elseif ARGV[5] == '1' then
   redis.call('HSET', meta, 'packet_len', packet_len, 'tail', redis.call('HGET', meta, 'head'))
@@ -147,7 +158,21 @@ if ARGV[9] == 'receiver' then
     local oldest = later(m[6], first_start(KEYS[2], m[5]))
     if ARGV[11] == m[4] and split(ARGV[12]) >= split(oldest) and split(ARGV[12]) <= split(m[5]) then
       position = ARGV[12]
-    elseif ARGV[10] == 'new' then position = m[5] else position = oldest end
+    elseif ARGV[10] == 'new' then position = m[5]
+    else
+      position = oldest
+      if ARGV[10] == 'unread' then
+        -- Past what any receiver has read: those attached (or dead, not yet forgotten), and
+        -- those that left (read_mark).  Each is an entry boundary no later than head.
+        local marks = redis.call('HVALS', KEYS[5])
+        marks[#marks + 1] = redis.call('HGET', meta, 'read_mark') or '0-0'
+        local head = split(m[5])
+        for _, mark in ipairs(marks) do
+          local b = split(mark)
+          if b and b > split(position) and b <= head then position = mark end
+        end
+      end
+    end
     redis.call('HSET', KEYS[5], ARGV[7], position)
   else
     local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
@@ -239,6 +264,19 @@ return {'ok', m[2]}
 )
 
 
+# Leave: take a member off the pipe's lists.  A Safe receiver also says up to where it returned
+# packets to its application: those no longer count as unread (read_mark).
+# ARGV: id, created_ns, position|''
+_LEAVE = (
+    _LUA_PRELUDE
+    + """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'created_ns') == ARGV[2] then mark_read(KEYS[1], ARGV[3]) end
+for k = 3, 6 do redis.call('HDEL', KEYS[k], ARGV[1], ARGV[1] .. '.w') end
+return 'ok'
+"""
+)
+
+
 def keys(name: str) -> list[str]:
     """The keys of pipe ``name``, in the order the scripts expect them (see :data:`KEY_KINDS`)."""
     return [f"pipebit:{{{name}}}:{kind}" for kind in ("meta", "data", "members", "alive", "receivers", "counts")]
@@ -308,13 +346,15 @@ class Link:
         self.add_script = self.client.register_script(_ADD)
         self.publish_script = self.client.register_script(_PUBLISH)
         self.beat_script = self.client.register_script(_BEAT)
+        self.leave_script = self.client.register_script(_LEAVE)
 
     def reload_scripts(self) -> None:
         """Load the scripts again: a restarted server has forgotten them.  (Direct calls reload
         by themselves; pipelined ones, which skip redis-py's per-call check, need this.)
         A lost connection is left for the caller's next attempt to meet."""
         try:
-            for script in (self.open_script, self.add_script, self.publish_script, self.beat_script):
+            scripts = (self.open_script, self.add_script, self.publish_script, self.beat_script, self.leave_script)
+            for script in scripts:
                 sha: Any = self.client.script_load(script.script)  # redis-py's type for it varies by version
                 script.sha = sha
         except Exception as exc:

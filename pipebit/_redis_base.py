@@ -174,13 +174,15 @@ class RedisEndpoint(Endpoint):
             f"first (`pipebit rm {self._shown}`), and pass that {what} in every process (or none, to take the pipe's)"
         )
 
-    def _leave(self, link: R.Link) -> None:
-        """Take this member off the pipe's lists (best effort: an unreachable server forgets it later)."""
+    def _leave(self, link: R.Link, position: str = "") -> None:
+        """Take this member off the pipe's lists (best effort: an unreachable server forgets it later).
+
+        A Safe receiver passes ``position``, the end of what it returned to the application:
+        in the same step, those packets stop counting as unread for ``start="unread"``.
+        """
         try:
-            pipe = link.client.pipeline(transaction=True)
-            for key in self._keys()[2:]:
-                pipe.hdel(key, self._member, self._member + ".w")
-            link.call(pipe.execute)
+            args = [self._member, self._created, position]
+            link.call(lambda: link.leave_script(keys=self._keys(), args=args))
         except TransportError as exc:
             self._log(f"could not unregister: {exc}")
         link.close()

@@ -5,7 +5,8 @@ Guarantees (``docs/redis.md`` has them in full)
 * A receiver attached to the server gets every packet sent after it attached,
   exactly once, in send order; every receiver gets every packet; several
   senders each keep their own order.  The pipe retains its newest packets (at
-  most its capacity in bytes) for receivers that start later with ``"oldest"``.
+  most its capacity in bytes) for receivers that start later: with ``"unread"``
+  (the default) those no receiver has read, with ``"oldest"`` all of them.
 * A sender adds a batch only while the bytes live receivers have not read fit
   the pipe's capacity: memory on the server is bounded, and a receiver that is
   alive but not reading holds the senders back (their queues fill, ``send()``
@@ -52,6 +53,7 @@ from .safe import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_RECEIVE_TIMEOUT,
     QUEUE_BYTES,
+    STARTS,
     SafeReceiver,
     SafeSender,
 )
@@ -326,7 +328,7 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "oldest",
+        start: str = "unread",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
@@ -335,8 +337,8 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
     ) -> None:
         self._setup(name, debug, create)
         check_spin(spin)  # accepted as on shared memory; a network read never spins
-        if start not in ("oldest", "new"):
-            raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
+        if start not in STARTS:
+            raise InvalidArgumentError(f"start must be one of {', '.join(map(repr, STARTS))}, not {start!r}")
         self._start = start
         self._capacity = check_capacity(capacity)
         self._max_cached = check_count(max_cached, "max_cached", minimum=1)
@@ -353,7 +355,7 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         self._worker: Worker | None = None
         self._position = ""  # where the thread reads on from: the end of the last entry it took
         # Where the application has got to: the position after the last packet receive() returned
-        # (a close resumes there), and where the cached entries end, as
+        # (a close resumes there, and reports it as read), and where the cached entries end, as
         # (packets cached since connecting up to that end, position).
         self._returned_at = ""
         self._ends: collections.deque[tuple[int, str]] = collections.deque()
@@ -411,7 +413,7 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
             self._cached_bytes = 0
             self._ends.clear()
             self._cond.notify_all()
-        self._leave(link)
+        self._leave(link, returned_at)
 
     def _forget_after_fork(self) -> None:
         super()._forget_after_fork()

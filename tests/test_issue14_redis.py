@@ -41,6 +41,53 @@ def drain(receiver: pipebit.SafeReceiver, quiet: float = 0.5) -> list[Any]:
         got += batch
 
 
+def receivers_have_read_everything(name: str) -> bool:
+    """Whether the pipe itself (not the receiver's own counters) shows every receiver caught up."""
+    return all(p.lag == 0 for p in pipebit.pipe_stats(name).participants if p.role == "receiver")
+
+
+# ------------------------------------------------------------------ A: start="unread"
+@both_transports
+def test_unread_start_gets_only_what_no_receiver_has_read(name: str) -> None:
+    with pipebit.SafeSender(name, 0) as sender:
+        send_range(sender, 0, 10)
+        with pipebit.SafeReceiver(name, 0, start="unread") as first:  # no one has read anything yet
+            assert receive_n(first, 10, timeout=20) == numbered(0, 10)
+            send_range(sender, 10, 20)
+            # Its thread reads 10..19 ahead, but receive() never returns them: they stay unread.
+            wait_until(lambda: first.stats().pending == 10, 20, "the first receiver to cache 10 packets")
+        with pipebit.SafeReceiver(name, 0, start="unread") as second:
+            assert receive_n(second, 10, timeout=20) == numbered(10, 20)
+            assert second.receive(timeout=0.2) == []
+            # An attached receiver's position counts too: a third one starts after it.
+            wait_until(lambda: receivers_have_read_everything(name), 20, "the pipe to show the second caught up")
+            with pipebit.SafeReceiver(name, 0, start="unread") as third:
+                assert third.receive(timeout=0.3) == []
+                send_range(sender, 20, 25)
+                assert receive_n(third, 5, timeout=20) == numbered(20, 25)
+                assert receive_n(second, 5, timeout=20) == numbered(20, 25)
+        # The other two starts are as they were.
+        with pipebit.SafeReceiver(name, 0, start="oldest") as oldest:
+            assert drain(oldest) == numbered(0, 25)
+        with pipebit.SafeReceiver(name, 0, start="new") as new:
+            assert new.receive(timeout=0.3) == []
+
+
+@both_transports
+def test_unread_is_the_default_start(name: str, transport: str, request: pytest.FixtureRequest) -> None:
+    if transport == "shm":
+        request.applymarker(
+            pytest.mark.xfail(strict=False, reason="shm: SafeReceiver's default start is still 'oldest' on main")
+        )
+    with pipebit.SafeSender(name, 0) as sender:
+        send_range(sender, 0, 5)
+        with pipebit.SafeReceiver(name, 0) as first:
+            assert receive_n(first, 5, timeout=20) == numbered(0, 5)
+        send_range(sender, 5, 10)
+        with pipebit.SafeReceiver(name, 0) as second:  # a restarted script does not get 0..4 again
+            assert drain(second) == numbered(5, 10)
+
+
 # ------------------------------------------------------------ B: explicit sizes
 @both_transports
 def test_an_explicit_capacity_that_differs_is_refused_naming_the_ways_out(name: str) -> None:

@@ -233,6 +233,51 @@ def test_a_value_too_big_for_a_fast_pipe_names_the_ways_out(server: RedisServer,
         pipebit.remove(url, force=True)
 
 
+DYING_RECEIVER = """
+import sys, pipebit
+from pipebit import _redis
+_redis.ALIVE_MS = 300  # so that, killed, it is soon dead to the others
+with pipebit.SafeReceiver(sys.argv[1], 0, start="oldest") as r:
+    got = []
+    while len(got) < int(sys.argv[2]):
+        got += r.receive(timeout=30)
+    print("got", len(got), flush=True)
+    while True:
+        r.receive(timeout=None)
+"""
+
+
+@pytest.mark.parametrize("forgotten", [False, True], ids=["dead", "forgotten"])
+def test_unread_start_passes_what_a_dead_receiver_read_and_still_once_it_is_forgotten(
+    url: str, reaper: Reaper, monkeypatch: pytest.MonkeyPatch, forgotten: bool
+) -> None:
+    from pipebit import _redis
+
+    with pipebit.SafeSender(url, 0) as sender:
+        for i in range(10):
+            sender.send([i])
+        sender.flush(timeout=10)
+        child = Child(reaper, DYING_RECEIVER, url, "10")
+        child.expect("got", 30)
+        wait_until(
+            lambda: [p.lag for p in pipebit.pipe_stats(url).participants if p.role == "receiver"] == [0],
+            10,
+            "the server to hold the child's position",
+        )
+        child.kill()
+        time.sleep(0.5)  # past its deadline
+        for i in range(10, 15):
+            sender.send([i])
+        sender.flush(timeout=10)
+        if forgotten:  # the next attach deletes its entries, and keeps how far it had read
+            monkeypatch.setattr(_redis, "FORGET_MS", 0)
+        with pipebit.SafeReceiver(url, 0, start="unread") as receiver:
+            assert receive_n(receiver, 5, timeout=20) == [[i] for i in range(10, 15)]
+            assert receiver.receive(timeout=0.3) == []
+        left = [p for p in pipebit.pipe_stats(url).participants if p.role == "receiver"]
+        assert len(left) == (0 if forgotten else 1)
+
+
 def test_a_receiver_whose_cache_is_full_by_bytes_keeps_checking_in(url: str) -> None:
     from pipebit import _redis
 
@@ -565,9 +610,21 @@ def test_the_seed_scripts_run_unchanged_across_machines_with_pipebit_url(server:
             assert read_packets(receiver, 50) == EXPECTED
         finally:
             stop(receiver)
-        late = run_script("receiver.py", **env)  # a receiver started after: the retained packets
+        # A receiver started after: the first one read all 50, so with start="unread" (the
+        # default) it gets none of them again, only what the next run of the sender sends.
+        late = run_script("receiver.py", **env)
         try:
+            time.sleep(0.5)
+            again = run_script("sender.py", **env)
+            out, err = again.communicate(timeout=60)
+            assert again.returncode == 0, err
             assert read_packets(late, 50) == EXPECTED
+            time.sleep(1.0)  # were the first run's packets delivered too, 50 more would be printed by now
+            late.send_signal(signal.SIGINT)
+            late.wait(10)
+            assert late.stdout is not None
+            rest = late.stdout.read()  # what read_packets() buffered, too
+            assert "[" not in rest, rest
         finally:
             stop(late)
     finally:
