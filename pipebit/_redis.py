@@ -4,8 +4,9 @@ Every key of pipe ``<name>`` carries the hash tag ``{<name>}``, so a pipe's keys
 share one cluster slot and each script touches only keys it declares:
 
 * ``pipebit:{<name>}:meta`` (hash) -- ``model`` (``safe``/``fast``), ``capacity``,
-  ``packet_len``, ``created_ns`` (the incarnation), ``head`` and ``tail`` (Safe),
-  ``written``, ``last_write_ms``;
+  ``packet_len``, ``created_ns`` (the incarnation), ``head``, ``tail`` and
+  ``read_mark`` (Safe: how far receivers that have left had read), ``written``,
+  ``last_write_ms``;
 * ``pipebit:{<name>}:stream`` (Safe) -- one entry per batch of packets, fields
   ``n`` (packet count) and ``d`` (a MessagePack array of the packets).  An entry's
   id is ``<bytes>-<packets>``: the pipe's byte and packet counts at the end of the
@@ -71,20 +72,32 @@ local function split(id)
   local b, s = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(b), tonumber(s)
 end
-local function first_start(stream, head)
-  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
-  if not first then return head end
-  local b, s = split(first[1])
-  local f = first[2]
+local function entry_start(entry)
+  local b, s = split(entry[1])
+  local f = entry[2]
   local n, d = 0, ''
   for i = 1, #f, 2 do
     if f[i] == 'n' then n = tonumber(f[i + 1]) elseif f[i] == 'd' then d = f[i + 1] end
   end
-  return fmt(b - #d) .. '-' .. fmt(s - n)
+  return b - #d, s - n
+end
+local function first_start(stream, head)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not first then return head end
+  local b, s = entry_start(first)
+  return fmt(b) .. '-' .. fmt(s)
 end
 local function later(a, b)
   if split(a) >= split(b) then return a end
   return b
+end
+local function mark_read(meta, position)
+  -- A receiver that leaves (or is forgotten) had read up to position: read_mark, the furthest
+  -- such position, only grows, and only to where the pipe has reached.
+  local m = redis.call('HMGET', meta, 'read_mark', 'head')
+  local p, head = split(position), m[2] and split(m[2])
+  if not p or not head then return end
+  if p > (split(m[1] or '0-0') or -1) and p <= head then redis.call('HSET', meta, 'read_mark', position) end
 end
 local function check_in(id, info, ttl, now)
   redis.call('HSET', KEYS[4], id, fmt(now + tonumber(ttl)))
@@ -105,6 +118,8 @@ local alive = redis.call('HGETALL', KEYS[4])
 for i = 1, #alive, 2 do
   local deadline = tonumber(alive[i + 1])
   if deadline + tonumber(ARGV[14]) < now then
+    local read = redis.call('HGET', KEYS[5], alive[i])
+    if read then mark_read(meta, read) end
     for k = 3, 6 do redis.call('HDEL', KEYS[k], alive[i], alive[i] .. '.w') end
   elseif deadline > now then live = live + 1 end
 end
@@ -118,6 +133,8 @@ if exists then
     exists = false
   elseif model ~= ARGV[1] then
     return {'mismatch', model}
+  elseif ARGV[2] ~= '' and ARGV[2] ~= capacity then
+    return {'size', capacity}
   end
 end
 local packet_len = ARGV[4] ~= '' and ARGV[4] or '0'
@@ -126,7 +143,7 @@ if not exists then
   local t = redis.call('TIME')
   redis.call('HSET', meta, 'model', ARGV[1], 'capacity', ARGV[2] ~= '' and ARGV[2] or ARGV[3],
     'packet_len', packet_len, 'created_ns', t[1] .. string.format('%06d', tonumber(t[2])) .. '000',
-    'head', '0-0', 'tail', '0-0', 'written', '0', 'last_write_ms', '0')
+    'head', '0-0', 'tail', '0-0', 'read_mark', '0-0', 'written', '0', 'last_write_ms', '0')
   status = 'created'
 elseif ARGV[5] == '1' then
   redis.call('HSET', meta, 'packet_len', packet_len, 'tail', redis.call('HGET', meta, 'head'))
@@ -141,7 +158,21 @@ if ARGV[9] == 'receiver' then
     local oldest = later(m[6], first_start(KEYS[2], m[5]))
     if ARGV[11] == m[4] and split(ARGV[12]) >= split(oldest) and split(ARGV[12]) <= split(m[5]) then
       position = ARGV[12]
-    elseif ARGV[10] == 'new' then position = m[5] else position = oldest end
+    elseif ARGV[10] == 'new' then position = m[5]
+    else
+      position = oldest
+      if ARGV[10] == 'unread' then
+        -- Past what any receiver has read: those attached (or dead, not yet forgotten), and
+        -- those that left (read_mark).  Each is an entry boundary no later than head.
+        local marks = redis.call('HVALS', KEYS[5])
+        marks[#marks + 1] = redis.call('HGET', meta, 'read_mark') or '0-0'
+        local head = split(m[5])
+        for _, mark in ipairs(marks) do
+          local b = split(mark)
+          if b and b > split(position) and b <= head then position = mark end
+        end
+      end
+    end
     redis.call('HSET', KEYS[5], ARGV[7], position)
   else
     local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
@@ -185,6 +216,14 @@ redis.call('HSET', KEYS[1], 'head', id, 'written', fmt(ns), 'last_write_ms', fmt
 redis.call('HSET', KEYS[6], ARGV[1], ARGV[3])
 local cut = math.min(low, math.max(nb - capacity, split(m[5])))
 redis.call('XTRIM', KEYS[2], 'MINID', fmt(cut + 1))
+-- MINID goes by entry ends; an entry that starts before nb - capacity and ends after it would
+-- keep more than capacity bytes, where the ring would have overwritten that record: it goes
+-- too, once no live receiver has it left to read.
+while true do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if not first or split(first[1]) > low or entry_start(first) >= nb - capacity then break end
+  redis.call('XDEL', KEYS[2], first[1])
+end
 return {'ok', m[2]}
 """
 )
@@ -221,6 +260,19 @@ if ARGV[5] ~= '' then
 end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[6], ARGV[1], ARGV[6]) end
 return {'ok', m[2]}
+"""
+)
+
+
+# Leave: take a member off the pipe's lists.  A Safe receiver also says up to where it returned
+# packets to its application: those no longer count as unread (read_mark).
+# ARGV: id, created_ns, position|''
+_LEAVE = (
+    _LUA_PRELUDE
+    + """
+if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'created_ns') == ARGV[2] then mark_read(KEYS[1], ARGV[3]) end
+for k = 3, 6 do redis.call('HDEL', KEYS[k], ARGV[1], ARGV[1] .. '.w') end
+return 'ok'
 """
 )
 
@@ -294,13 +346,15 @@ class Link:
         self.add_script = self.client.register_script(_ADD)
         self.publish_script = self.client.register_script(_PUBLISH)
         self.beat_script = self.client.register_script(_BEAT)
+        self.leave_script = self.client.register_script(_LEAVE)
 
     def reload_scripts(self) -> None:
         """Load the scripts again: a restarted server has forgotten them.  (Direct calls reload
         by themselves; pipelined ones, which skip redis-py's per-call check, need this.)
         A lost connection is left for the caller's next attempt to meet."""
         try:
-            for script in (self.open_script, self.add_script, self.publish_script, self.beat_script):
+            scripts = (self.open_script, self.add_script, self.publish_script, self.beat_script, self.leave_script)
+            for script in scripts:
                 sha: Any = self.client.script_load(script.script)  # redis-py's type for it varies by version
                 script.sha = sha
         except Exception as exc:

@@ -36,14 +36,18 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from . import _layout as L
 from . import _redis as R
 from ._address import RedisPipe, parse
 from ._endpoint import Endpoint, _enable_debug_output, check_debug
+from ._pipe import _size_mismatch
 from ._stats import EndpointStats
 from .errors import (
     ArgumentTypeError,
+    CapacityMismatchError,
     InvalidNameError,
     ModelMismatchError,
+    PacketSizeError,
     PipeBusyError,
     PipeClosedError,
     PipeNotFoundError,
@@ -143,6 +147,8 @@ class RedisEndpoint(Endpoint):
                     "use it (a sender with override=True replaces it when no one is attached; or use the "
                     f"{rest[0].capitalize()} classes)"
                 )
+            if status == "size":
+                raise self._size_mismatch(int(args["capacity"]), int(rest[0]))
         except BaseException:
             link.close()
             raise
@@ -151,13 +157,32 @@ class RedisEndpoint(Endpoint):
         self._log(f"{status} ({self._model_name}, {capacity} bytes) on {self._address.server}")
         return link, position, int(packet_len)
 
-    def _leave(self, link: R.Link) -> None:
-        """Take this member off the pipe's lists (best effort: an unreachable server forgets it later)."""
+    def _size_mismatch(self, asked: int, actual: int) -> CapacityMismatchError:
+        """The error for an explicit size that differs from the pipe's: shared memory's, word for word."""
+        if self._model_name == "fast":  # the server keeps a Fast pipe's slot size; the text wants ring bytes
+            return _size_mismatch(self._shown, L.MODEL_FAST, L.fast_capacity(asked), L.fast_capacity(actual))
+        return _size_mismatch(self._shown, L.MODEL_SAFE, asked, actual)
+
+    def _too_big(self, n: int, limit: int) -> PacketSizeError:
+        """The error for a packet that encodes to ``n`` bytes, more than the pipe's ``limit``."""
+        what = "slot_size" if self._model_name == "fast" else "capacity"
+        kind = "Fast pipe" if self._model_name == "fast" else "pipe"
+        return PacketSizeError(
+            f"packet encodes to {n} bytes; {kind} {self._shown!r} carries at most {limit} bytes per packet "
+            f"({what}={self._capacity_now}).  A pipe's {what} is fixed when it is created: recreate it with a "
+            f"larger {what} through a sender's override=True while no other process is attached, or remove it "
+            f"first (`pipebit rm {self._shown}`), and pass that {what} in every process (or none, to take the pipe's)"
+        )
+
+    def _leave(self, link: R.Link, position: str = "") -> None:
+        """Take this member off the pipe's lists (best effort: an unreachable server forgets it later).
+
+        A Safe receiver passes ``position``, the end of what it returned to the application:
+        in the same step, those packets stop counting as unread for ``start="unread"``.
+        """
         try:
-            pipe = link.client.pipeline(transaction=True)
-            for key in self._keys()[2:]:
-                pipe.hdel(key, self._member, self._member + ".w")
-            link.call(pipe.execute)
+            args = [self._member, self._created, position]
+            link.call(lambda: link.leave_script(keys=self._keys(), args=args))
         except TransportError as exc:
             self._log(f"could not unregister: {exc}")
         link.close()

@@ -161,10 +161,7 @@ class RedisFastSender(RedisEndpoint, FastSender):
                     raise
                 raise error from exc
             if len(encoded) > self._slot_size:
-                raise PacketSizeError(
-                    f"packet encodes to {len(encoded)} bytes; Fast pipe {self._shown!r} carries at most "
-                    f"{self._slot_size} bytes per packet: create it with a larger slot_size"
-                )
+                raise self._too_big(len(encoded), self._slot_size)
             self._stamp += 1
             idle = self._pending is None
             self._pending = (self._stamp, encoded)  # replaces one not yet published: it is stale

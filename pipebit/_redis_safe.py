@@ -4,8 +4,9 @@ Guarantees (``docs/redis.md`` has them in full)
 -----------------------------------------------
 * A receiver attached to the server gets every packet sent after it attached,
   exactly once, in send order; every receiver gets every packet; several
-  senders each keep their own order.  The pipe retains its newest packets (up
-  to its capacity in bytes) for receivers that start later with ``"oldest"``.
+  senders each keep their own order.  The pipe retains its newest packets (at
+  most its capacity in bytes) for receivers that start later: with ``"unread"``
+  (the default) those no receiver has read, with ``"oldest"`` all of them.
 * A sender adds a batch only while the bytes live receivers have not read fit
   the pipe's capacity: memory on the server is bounded, and a receiver that is
   alive but not reading holds the senders back (their queues fill, ``send()``
@@ -16,7 +17,8 @@ Guarantees (``docs/redis.md`` has them in full)
   saying how many, once; it then goes on from the oldest retained packet.
 * Connection loss: a sender keeps its bounded queue and redelivers with backoff
   -- never a batch twice, since the server acknowledges each by count; a
-  receiver resumes after the last entry it read.
+  receiver resumes after the last entry it read.  Closed and opened again, a
+  receiver resumes after the last packet ``receive()`` returned.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from .safe import (
     DEFAULT_QUEUE_SIZE,
     DEFAULT_RECEIVE_TIMEOUT,
     QUEUE_BYTES,
+    STARTS,
     SafeReceiver,
     SafeSender,
 )
@@ -129,6 +132,7 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
         limit = self._flush_timeout if timeout is None else check_timeout(timeout)
         with self._mutex:
             self._healthy = False
+            self._cond.notify_all()  # a send() waiting for room raises now
         self._wait_delivered(limit, report=False)
         self._abort.set()
         worker = self._worker
@@ -186,10 +190,7 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
                 raise error from exc
             n = len(encoded)
             if n > self._max_packet:
-                raise PacketSizeError(
-                    f"packet encodes to {n} bytes; pipe {self._shown!r} carries at most {self._max_packet} "
-                    "bytes per packet: create the pipe with a larger capacity"
-                )
+                raise self._too_big(n, self._max_packet)
             if len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
                 self._wait_for_room(n, timeout)
             self._queue.append(encoded)
@@ -205,11 +206,16 @@ class RedisSafeSender(RedisEndpoint, SafeSender):
         raise PipeClosedError(f"sender of pipe {self._shown!r} is closing: close_connection() was called")
 
     def _wait_for_room(self, n: int, timeout: float | None) -> None:
-        # Called with the mutex held.
+        # Called with the mutex held.  Closing is looked at before room, at every wake-up: once
+        # close_connection() has begun, what is queued is all it delivers or counts as lost, so
+        # a packet let in then (into room the delivery thread made, or the queue close emptied)
+        # would vanish uncounted.
         deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
-        while len(self._queue) >= self._queue_size or (self._queue and self._queued_bytes + n > self._queue_bytes):
+        while True:
             if not self._healthy:
                 self._raise_unhealthy()
+            if len(self._queue) < self._queue_size and not (self._queue and self._queued_bytes + n > self._queue_bytes):
+                return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise PipeTimeoutError(
@@ -322,7 +328,7 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "oldest",
+        start: str = "unread",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
@@ -331,8 +337,8 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
     ) -> None:
         self._setup(name, debug, create)
         check_spin(spin)  # accepted as on shared memory; a network read never spins
-        if start not in ("oldest", "new"):
-            raise InvalidArgumentError(f"start must be 'oldest' or 'new', not {start!r}")
+        if start not in STARTS:
+            raise InvalidArgumentError(f"start must be one of {', '.join(map(repr, STARTS))}, not {start!r}")
         self._start = start
         self._capacity = check_capacity(capacity)
         self._max_cached = check_count(max_cached, "max_cached", minimum=1)
@@ -342,10 +348,17 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         self._cache: list[Packet] = []
         self._cached_bytes = 0  # payload bytes of the entries in the cache (an upper bound)
         self._waiters = 0
-        self._problem: Exception | None = None  # lost or corrupt packets, to raise from receive()...
-        self._problem_at = 0  # ...once it has returned this many cached packets
+        # Lost or corrupt packets, to raise from receive() once it has returned the first
+        # _problem_at cached packets.  While one waits, the thread reads no further.
+        self._problem: Exception | None = None
+        self._problem_at = 0
         self._worker: Worker | None = None
-        self._position = ""
+        self._position = ""  # where the thread reads on from: the end of the last entry it took
+        # Where the application has got to: the position after the last packet receive() returned
+        # (a close resumes there, and reports it as read), and where the cached entries end, as
+        # (packets cached since connecting up to that end, position).
+        self._returned_at = ""
+        self._ends: collections.deque[tuple[int, str]] = collections.deque()
         self._resume_at: tuple[str, str] | None = None  # (created_ns, position) after a close
         self._read = self._returned = 0
         self.open_connection()
@@ -364,13 +377,16 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
             resume=resume[1],
         )
         self._read = 0
+        self._returned_at = self._position
+        self._ends.clear()
         self._worker = Worker(f"pipebit-{self._name}-receiver", self._collect)
         self._link = link
         self._worker.start()
         self._register()
 
     def close_connection(self) -> None:
-        """Detach and stop caching; packets cached but not returned are discarded.  Idempotent."""
+        """Detach and stop caching; packets cached but not returned are discarded (reconnecting
+        reads them again, if the pipe still retains them).  Idempotent."""
         link = self._link
         if link is None:
             return
@@ -384,17 +400,29 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         except Exception:
             pass
         worker.stop(timeout=R.SOCKET_TIMEOUT + 5)
-        self._resume_at = (self._created, self._position)
         with self._mutex:
+            # Resume after the last packet receive() returned, not after what the thread read ahead.
+            self._returned_to(self._read - len(self._cache))
+            returned_at = self._returned_at
+            self._resume_at = (self._created, returned_at)
+            if self._problem_at:  # the dropped cache is read again, and the problem met again
+                self._problem = None
+                self._problem_at = 0
             self._link = None
             self._cache = []
+            self._cached_bytes = 0
+            self._ends.clear()
             self._cond.notify_all()
-        self._leave(link)
+        self._leave(link, returned_at)
 
     def _forget_after_fork(self) -> None:
         super()._forget_after_fork()
         self._worker = None
         self._cache = []
+        self._cached_bytes = 0
+        self._ends = collections.deque()
+        self._problem = None
+        self._problem_at = 0
         self._mutex = threading.Lock()
         self._cond = threading.Condition(self._mutex)
 
@@ -415,6 +443,8 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
             if problem is not None:  # raised where it happened: after the packets before it
                 if cut == 0:
                     self._problem = None
+                    self._returned_to(self._read - len(self._cache))
+                    self._cond.notify_all()  # the thread reads on
                     raise problem
                 self._problem_at = 0
             else:
@@ -423,8 +453,16 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
             if not self._cache:
                 self._cached_bytes = 0
             self._returned += len(packets)
+            self._returned_to(self._read - len(self._cache))
             self._cond.notify_all()
         return packets
+
+    def _returned_to(self, done: int) -> None:
+        """Move ``_returned_at`` past the cached entries whose packets, ``done`` of those cached
+        since connecting, the application has all had.  Under the mutex."""
+        ends = self._ends
+        while ends and ends[0][0] <= done:
+            self._returned_at = ends.popleft()[1]
 
     def _wait(self, limit: float | None) -> None:
         deadline = None if limit is None else time.monotonic() + limit
@@ -466,11 +504,13 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
         attempt = 0
         while not stopping.is_set():
             with self._mutex:
-                if len(self._cache) >= self._max_cached or self._cached_bytes >= self._max_cached_bytes:
+                if self._stalled():
                     self._cond.wait(R.BEAT_INTERVAL)
-                    if self._cached_bytes >= self._max_cached_bytes:
-                        continue
-                room = self._max_cached - len(self._cache)
+                    if stopping.is_set():
+                        return
+                # Cache full, or a problem receive() has not raised yet: only check in (a receiver
+                # that stops checking in is let go by the senders after 5 s).
+                room = 0 if self._stalled() else self._max_cached - len(self._cache)
             try:
                 pipe = link.client.pipeline(transaction=False)
                 self._beat(link, pipe, self._position, str(self._read))
@@ -497,33 +537,58 @@ class RedisSafeReceiver(RedisEndpoint, SafeReceiver):
             if room > 0 and replies[1]:
                 self._take(R.read_entries(replies[1]))
 
+    def _stalled(self) -> bool:
+        """Whether the thread must not read on: the cache is full, or holds a problem."""
+        return (
+            len(self._cache) >= self._max_cached
+            or self._cached_bytes >= self._max_cached_bytes
+            or self._problem is not None
+        )
+
     def _take(self, entries: list[Any]) -> None:
-        """Decode entries into the cache; a gap (packets trimmed while this receiver could not
-        check in) or an entry that does not decode is kept for receive() to raise at its place."""
+        """Decode entries into the cache, noting where each ends.
+
+        A gap (packets trimmed while this receiver could not check in) or an entry that
+        does not decode is kept for receive() to raise at its place, and taking stops
+        there: the thread reads on once receive() has raised it.  After a gap it reads
+        on from the start of the entry after it; after damage, from the next entry (the
+        packets of a damaged entry before the damage are kept).
+        """
         packets: list[Packet] = []
-        problem: tuple[Exception, int] | None = None
+        ends: list[tuple[int, str]] = []
+        problem: Exception | None = None
+        position = self._position
+        taken_bytes = 0
         for entry_id, fields in entries:
-            position = R.decode_text(entry_id)
-            end_bytes, end_seq = R.split_id(position)
+            end = R.decode_text(entry_id)
+            end_bytes, end_seq = R.split_id(end)
             count, payload = int(fields.get(b"n", -1)), fields.get(b"d", b"")
-            mine_bytes, mine_seq = R.split_id(self._position)
-            self._position = position
-            if end_bytes - len(payload) > mine_bytes and problem is None:
-                lost = TransportError(
-                    f"receiver of pipe {self._shown!r} lost {end_seq - count - mine_seq} packet(s): it could "
+            start_bytes, start_seq = end_bytes - len(payload), max(end_seq - count, 0)
+            mine_bytes, mine_seq = R.split_id(position)
+            if start_bytes > mine_bytes:
+                problem = TransportError(
+                    f"receiver of pipe {self._shown!r} lost {start_seq - mine_seq} packet(s): it could "
                     f"not check in with Redis server {self._address.server} for over {R.ALIVE_MS / 1000:g}s, "
                     "and senders trimmed them meanwhile"
                 )
-                problem = lost, len(packets)
+                position = f"{start_bytes}-{start_seq}"  # an entry boundary: where the lost packets ended
+                ends.append((len(packets), position))
+                break
             decoded, damage = _codec.decode_batch(payload, count)
             packets += decoded  # a damaged entry still yields the packets before the damage
-            if damage is not None and problem is None:
-                problem = CorruptPacketError(f"pipe {self._shown!r}: {damage}"), len(packets)
+            taken_bytes += len(payload)
+            position = end
+            ends.append((len(packets), position))
+            if damage is not None:
+                problem = CorruptPacketError(f"pipe {self._shown!r}: {damage}")
+                break
         with self._mutex:
-            if problem is not None and self._problem is None:  # one at a time: the first one
-                self._problem, self._problem_at = problem[0], len(self._cache) + problem[1]
+            if problem is not None:  # the thread stalls while one waits: this is the only one
+                self._problem, self._problem_at = problem, len(self._cache) + len(packets)
+            self._ends.extend((self._read + n, where) for n, where in ends)
+            self._position = position
             self._read += len(packets)
             self._cache += packets
-            self._cached_bytes += sum(len(fields.get(b"d", b"")) for _, fields in entries)
+            self._cached_bytes += taken_bytes
             if self._waiters:
                 self._cond.notify_all()

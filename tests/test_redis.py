@@ -17,12 +17,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import pipebit
-from pipebit import _address
+from pipebit import _address, _codec
 
 from .conftest import Reaper
 from .helpers import Child, receive_n, wait_until
@@ -210,13 +210,127 @@ def test_create_false_and_the_model_and_size_rules(url: str) -> None:
             sender.send([1, object()])  # type: ignore[list-item]
         with pytest.raises(pipebit.PacketTypeError):
             sender.send("no list")  # type: ignore[arg-type]
-        with pytest.raises(pipebit.PacketSizeError, match="at most 4075 bytes"):
+        with pytest.raises(pipebit.PacketSizeError, match="at most 4075 bytes") as info:
             sender.send([1, b"x" * 4096])
+        for way_out in ("capacity=4096", "override=True", f"pipebit rm {url}"):  # as for a size mismatch
+            assert way_out in str(info.value)
         sender.send([1, b"x" * 4000])  # the largest packet still fits
         sender.flush(timeout=10)
         stats = sender.stats()
         assert (stats.pipe.model, stats.pipe.capacity, stats.pipe.packet_len) == ("safe", 4096, 2)
         assert (stats.role, stats.packets, stats.pending) == ("sender", 1, 0)
+
+
+def test_a_value_too_big_for_a_fast_pipe_names_the_ways_out(server: RedisServer, make_name: Callable[[], str]) -> None:
+    url = server.pipe_url(make_name())
+    try:
+        with pipebit.FastSender(url, 0, slot_size=256) as sender:
+            with pytest.raises(pipebit.PacketSizeError, match="at most 256 bytes") as info:
+                sender.send([b"x" * 300])
+            for way_out in ("slot_size=256", "override=True", f"pipebit rm {url}"):
+                assert way_out in str(info.value)
+    finally:
+        pipebit.remove(url, force=True)
+
+
+DYING_RECEIVER = """
+import sys, pipebit
+from pipebit import _redis
+_redis.ALIVE_MS = 300  # so that, killed, it is soon dead to the others
+with pipebit.SafeReceiver(sys.argv[1], 0, start="oldest") as r:
+    got = []
+    while len(got) < int(sys.argv[2]):
+        got += r.receive(timeout=30)
+    print("got", len(got), flush=True)
+    while True:
+        r.receive(timeout=None)
+"""
+
+
+@pytest.mark.parametrize("forgotten", [False, True], ids=["dead", "forgotten"])
+def test_unread_start_passes_what_a_dead_receiver_read_and_still_once_it_is_forgotten(
+    url: str, reaper: Reaper, monkeypatch: pytest.MonkeyPatch, forgotten: bool
+) -> None:
+    from pipebit import _redis
+
+    with pipebit.SafeSender(url, 0) as sender:
+        for i in range(10):
+            sender.send([i])
+        sender.flush(timeout=10)
+        child = Child(reaper, DYING_RECEIVER, url, "10")
+        child.expect("got", 30)
+        wait_until(
+            lambda: [p.lag for p in pipebit.pipe_stats(url).participants if p.role == "receiver"] == [0],
+            10,
+            "the server to hold the child's position",
+        )
+        child.kill()
+        time.sleep(0.5)  # past its deadline
+        for i in range(10, 15):
+            sender.send([i])
+        sender.flush(timeout=10)
+        if forgotten:  # the next attach deletes its entries, and keeps how far it had read
+            monkeypatch.setattr(_redis, "FORGET_MS", 0)
+        with pipebit.SafeReceiver(url, 0, start="unread") as receiver:
+            assert receive_n(receiver, 5, timeout=20) == [[i] for i in range(10, 15)]
+            assert receiver.receive(timeout=0.3) == []
+        left = [p for p in pipebit.pipe_stats(url).participants if p.role == "receiver"]
+        assert len(left) == (0 if forgotten else 1)
+
+
+def test_a_receiver_whose_cache_is_full_by_bytes_keeps_checking_in(url: str) -> None:
+    from pipebit import _redis
+
+    with (
+        pipebit.SafeReceiver(url, 0, capacity=256 << 10, max_cached_bytes=16 << 10) as receiver,
+        pipebit.SafeSender(url, 0) as sender,
+    ):
+        for i in range(8):
+            sender.send([i, b"x" * (8 << 10)], timeout=30)
+        sender.flush(timeout=30)
+        wait_until(lambda: receiver.stats().pending >= 2, 10, "the receiver's cache to fill")
+        time.sleep(_redis.ALIVE_MS / 1000 + 1.5)  # what a receiver that stopped checking in would outlive
+        (mine,) = [p for p in pipebit.pipe_stats(url).participants if p.role == "receiver"]
+        assert mine.alive, "a receiver that is alive but not reading was let go"
+        assert [p[0] for p in receive_n(receiver, 8, timeout=20)] == list(range(8))
+
+
+def add_raw_entry(server: RedisServer, url: str, packets: list[bytes]) -> None:
+    """Append an entry of ``packets`` (encoded, or any bytes) as a sender would, moving ``head`` on."""
+    name = url.rsplit("/", 1)[1]
+    client = server.client()
+    meta, stream = f"pipebit:{{{name}}}:meta", f"pipebit:{{{name}}}:stream"
+    end_bytes, end_seq = (int(part) for part in client.hget(meta, "head").decode().split("-"))
+    data = _codec.join_batch(packets)
+    entry = f"{end_bytes + len(data)}-{end_seq + len(packets)}"
+    client.xadd(stream, {"n": len(packets), "d": data}, id=entry)
+    client.hset(meta, mapping={"head": entry, "written": end_seq + len(packets)})
+
+
+def test_each_damaged_entry_is_raised_in_its_place_and_costs_only_itself(url: str, server: RedisServer) -> None:
+    def send(sender: pipebit.SafeSender, value: int) -> None:
+        sender.send([value])
+        sender.flush(timeout=10)
+
+    broken = b"\xc1"  # a byte MessagePack never uses
+    with pipebit.SafeSender(url, 0) as sender:
+        send(sender, 0)
+        add_raw_entry(server, url, [_codec.encode([10]), broken, _codec.encode([11])])
+        send(sender, 1)
+        add_raw_entry(server, url, [_codec.encode([20]), broken])
+        send(sender, 2)
+    events: list[Any] = []
+    with pipebit.SafeReceiver(url, 0, start="oldest") as receiver:  # all of it in the thread's first read
+        quiet = 0
+        while quiet < 3:
+            try:
+                got = receiver.receive(timeout=0.3)
+            except pipebit.CorruptPacketError:
+                events.append("damage")
+                continue
+            events += [p[0] for p in got]
+            quiet = 0 if got else quiet + 1
+    assert events == [0, 10, "damage", 1, 20, "damage", 2]
 
 
 SENDER = """
@@ -264,7 +378,8 @@ def test_a_live_stalled_receiver_holds_the_sender_and_a_killed_one_lets_go(url: 
 def test_several_receivers_in_processes_each_get_everything(url: str, reaper: Reaper) -> None:
     code = """
 import sys, json, pipebit
-with pipebit.SafeReceiver(sys.argv[1], 0, max_cached=500) as r:  # small caches: backpressure on the way
+# Small caches: backpressure on the way.  The capacity the sender asks for: an explicit size is never ignored.
+with pipebit.SafeReceiver(sys.argv[1], 0, max_cached=500, capacity=65536) as r:
     print("ready", flush=True)
     got = []
     while len(got) < 20000:
@@ -495,9 +610,21 @@ def test_the_seed_scripts_run_unchanged_across_machines_with_pipebit_url(server:
             assert read_packets(receiver, 50) == EXPECTED
         finally:
             stop(receiver)
-        late = run_script("receiver.py", **env)  # a receiver started after: the retained packets
+        # A receiver started after: the first one read all 50, so with start="unread" (the
+        # default) it gets none of them again, only what the next run of the sender sends.
+        late = run_script("receiver.py", **env)
         try:
+            time.sleep(0.5)
+            again = run_script("sender.py", **env)
+            out, err = again.communicate(timeout=60)
+            assert again.returncode == 0, err
             assert read_packets(late, 50) == EXPECTED
+            time.sleep(1.0)  # were the first run's packets delivered too, 50 more would be printed by now
+            late.send_signal(signal.SIGINT)
+            late.wait(10)
+            assert late.stdout is not None
+            rest = late.stdout.read()  # what read_packets() buffered, too
+            assert "[" not in rest, rest
         finally:
             stop(late)
     finally:
