@@ -10,7 +10,7 @@ import os
 import struct
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -136,52 +136,6 @@ def test_the_good_packets_of_a_damaged_record_come_before_its_error(name: str) -
     assert len(errors) == 1
     assert "at packet 21" in str(errors[0])
     assert f"{count - 20} packet(s) of it lost" in str(errors[0])
-
-
-# ------------------------------------------------------ [3] a send() cut short by close
-@both_transports
-def test_a_send_blocked_on_a_full_queue_raises_when_the_sender_is_closed(name: str) -> None:
-    # Before: the blocked send() returned as if it had queued its packet, which vanished.
-    stalled = pipebit.SafeReceiver(name, 0, start="new", capacity=4096, max_cached=1, max_cached_bytes=1)
-    sender = pipebit.SafeSender(name, 0, capacity=4096, queue_size=4, flush_timeout=0.5)
-    outcome: list[BaseException | None] = []
-    try:
-        blob = "z" * 300
-        sent = 0
-        for _ in range(200):  # fill the ring (the receiver reads one record, then stops) and the queue
-            try:
-                sender.send([sent, blob], timeout=0.2)
-            except pipebit.PipeTimeoutError:
-                break
-            sent += 1
-        else:
-            pytest.fail("the queue never filled up")
-
-        def blocked_send() -> None:
-            try:
-                sender.send(["the last one", blob])
-            except BaseException as exc:
-                outcome.append(exc)
-            else:
-                outcome.append(None)
-
-        thread = threading.Thread(target=blocked_send)
-        thread.start()
-        time.sleep(0.3)
-        assert not outcome, "send() should be blocked on the full queue"
-        with pytest.warns(pipebit.UndeliveredPacketsWarning) as warned:
-            sender.close_connection()
-        thread.join(10)
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], pipebit.PipeClosedError), outcome
-        delivered = sent - int(str(warned[0].message).split("'")[2].split()[1])
-        assert 0 < delivered < sent
-        got = receive_n(stalled, delivered, timeout=20)
-        assert [p[0] for p in got] == list(range(delivered))
-        assert stalled.receive(timeout=0.3) == []  # the undelivered tail is not in the pipe either
-    finally:
-        sender.close_connection()
-        stalled.close_connection()
 
 
 # ----------------------------------------------------------- [5] forged header numbers
@@ -375,35 +329,6 @@ def test_a_second_run_does_not_replay_what_the_first_run_consumed(name: str) -> 
         assert len(receive_n(replay, 15, timeout=10)) == 15
 
 
-@both_transports
-def test_unread_skips_what_a_departed_receiver_returned_and_keeps_the_rest(name: str) -> None:
-    with pipebit.SafeSender(name, 0) as sender:
-        for i in range(6):  # a record each
-            sender.send([i])
-            sender.flush(timeout=10)
-    with pipebit.SafeReceiver(name, 0, start="oldest", max_cached=3) as first:
-        returned = len(receive_n(first, 3, timeout=10))
-    assert returned < 6
-    with pipebit.SafeReceiver(name, 0) as second:
-        rest = receive_n(second, 6 - returned, timeout=10)
-        assert second.receive(timeout=0.3) == []
-    assert [p[0] for p in rest] == list(range(returned, 6))
-
-
-@both_transports
-def test_unread_skips_what_a_live_receiver_has_read(name: str) -> None:
-    with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as first:
-        for i in range(5):
-            sender.send([i])
-        sender.flush(timeout=10)
-        assert len(receive_n(first, 5, timeout=10)) == 5
-        with pipebit.SafeReceiver(name, 0) as second:
-            assert second.receive(timeout=0.3) == []  # the first has read them all
-            sender.send([5])
-            assert receive_n(second, 1, timeout=10) == [[5]]
-            assert receive_n(first, 1, timeout=10) == [[5]]
-
-
 def test_what_a_killed_receiver_had_read_is_not_replayed(name: str, reaper: Any) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         for i in range(20):
@@ -428,44 +353,7 @@ def test_what_a_killed_receiver_had_read_is_not_replayed(name: str, reaper: Any)
 
 
 # ------------------------------------------------------------- [B] explicit sizes
-@both_transports
-@pytest.mark.parametrize("cls", [pipebit.SafeSender, pipebit.SafeReceiver])
-def test_an_explicit_capacity_that_differs_from_the_pipes_is_an_error(name: str, cls: Callable[..., Any]) -> None:
-    with pipebit.SafeSender(name, 0, capacity=8192):
-        pass
-    with pytest.raises(pipebit.CapacityMismatchError) as info:
-        cls(name, 0, capacity=16384)
-    text = str(info.value)
-    assert isinstance(info.value, ValueError)
-    assert "8192" in text
-    assert "16384" in text
-    assert "pipebit rm" in text
-    assert "override=True" in text
-    with cls(name, 0, capacity=8192), cls(name, 0):  # the same size, or none, is fine
-        pass
-
-
-@both_transports
-@pytest.mark.parametrize("cls", [pipebit.FastSender, pipebit.FastReceiver])
-def test_an_explicit_slot_size_that_differs_from_the_pipes_is_an_error(name: str, cls: Callable[..., Any]) -> None:
-    with pipebit.FastSender(name, 0, slot_size=1024):
-        pass
-    with pytest.raises(pipebit.CapacityMismatchError) as info:
-        cls(name, 0, slot_size=4096)
-    assert "slot_size=1024" in str(info.value)
-    assert "slot_size=4096" in str(info.value)
-    with cls(name, 0, slot_size=1024):
-        pass
-
-
-@both_transports
-def test_override_on_an_idle_pipe_applies_the_new_capacity(name: str) -> None:
-    with pipebit.SafeSender(name, 0, capacity=8192) as sender:
-        sender.send(["old"])
-    with pipebit.SafeSender(name, 0, capacity=65536, override=True) as sender:
-        assert sender.stats().pipe.capacity == 65536
-
-
+# (CapacityMismatchError on both transports: tests/test_retention_and_sizes.py)
 def test_the_packet_size_error_points_at_the_ways_out(name: str) -> None:
     with pipebit.SafeSender(name, 0, capacity=8192) as sender, pytest.raises(pipebit.PacketSizeError) as info:
         sender.send([b"x" * 10_000])

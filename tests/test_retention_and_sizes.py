@@ -1,5 +1,5 @@
-"""Issue #14 on both transports: where a receiver starts, explicit sizes, closing a sender that
-``send()`` waits on, reconnecting a receiver, and how much a pipe retains.
+"""Where a receiver starts, explicit sizes, closing a sender that ``send()`` waits on,
+reconnecting a receiver, and how much a pipe retains (issue #14).
 
 Each test runs over shared memory and over Redis, so that the two keep the same semantics.
 """
@@ -74,11 +74,7 @@ def test_unread_start_gets_only_what_no_receiver_has_read(name: str) -> None:
 
 
 @both_transports
-def test_unread_is_the_default_start(name: str, transport: str, request: pytest.FixtureRequest) -> None:
-    if transport == "shm":
-        request.applymarker(
-            pytest.mark.xfail(strict=False, reason="shm: SafeReceiver's default start is still 'oldest' on main")
-        )
+def test_unread_is_the_default_start(name: str) -> None:
     with pipebit.SafeSender(name, 0) as sender:
         send_range(sender, 0, 5)
         with pipebit.SafeReceiver(name, 0) as first:
@@ -131,11 +127,7 @@ def test_an_explicit_slot_size_that_differs_is_refused_naming_the_ways_out(name:
 # ------------------------------------------- 3: close_connection() while send() waits
 @both_transports
 @pytest.mark.parametrize("meanwhile", ["nothing_moves", "room_comes"])
-def test_a_send_waiting_for_room_raises_when_the_sender_closes(
-    name: str, meanwhile: str, transport: str, request: pytest.FixtureRequest
-) -> None:
-    if transport == "shm":
-        request.applymarker(pytest.mark.xfail(strict=False, reason="shm fix lands separately"))
+def test_a_send_waiting_for_room_raises_when_the_sender_closes(name: str, meanwhile: str) -> None:
     # "room_comes": the receiver starts reading once the sender is closing, so the delivery
     # thread frees room in the queue while close_connection() waits for it: the waiting send()
     # must not take that room (the sender is closing), whether or not its packet could still go.
