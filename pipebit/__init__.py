@@ -19,9 +19,9 @@ variable ``PIPEBIT_URL`` names a Redis server, puts the pipe on that server
 (``pip install "pipebit[redis]"``; see ``docs/redis.md``).
 """
 
-from ._pipe import DEFAULT_CAPACITY
-from ._pipe import remove_pipe as remove
-from ._stats import EndpointStats, Participant, PipeStats, list_pipes, pipe_stats
+from ._limits import DEFAULT_CAPACITY
+from ._stats import EndpointStats, Participant, PipeStats
+from ._transport import list_pipes, pipe_stats, remove
 from .errors import (
     ArgumentTypeError,
     CapacityMismatchError,

@@ -19,7 +19,7 @@ import os
 import urllib.parse
 from typing import Union
 
-from ._shm import validate_name
+from ._limits import validate_name
 from .errors import InvalidNameError
 
 ENV_URL = "PIPEBIT_URL"

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import gc
 import threading
-from typing import Any, Callable, Iterator, List, Sequence, Union
+from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 
 import msgpack
 
+from ._limits import Packet
 from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
-
-Packet = List[Any]
 
 EXT_BIG_INT = 1
 
@@ -65,7 +64,7 @@ def new_packer() -> Callable[[object], bytes]:
     """A packing function for one endpoint, to be called under that endpoint's lock.
 
     Faster than :func:`encode` on a hot path; it does not check the packet's
-    top-level type, and its errors must go through :func:`encoding_error`.
+    top-level type, and its errors must go through :func:`raise_encoding_error`.
     """
     pack: Callable[[object], bytes] = msgpack.Packer(default=_pack_unsupported, use_bin_type=True).pack
     return pack
@@ -92,6 +91,14 @@ def encoding_error(exc: Exception) -> Exception:
     return exc
 
 
+def raise_encoding_error(exc: Exception) -> NoReturn:
+    """Raise the PipeBit error for an exception raised while packing (``exc`` itself if it is one)."""
+    error = encoding_error(exc)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
 def encode(packet: object) -> bytes:
     """Encode one packet, or raise :class:`PacketTypeError` naming what is wrong.
 
@@ -102,10 +109,7 @@ def encode(packet: object) -> bytes:
     try:
         return _packer()(packet)
     except Exception as exc:
-        error = encoding_error(exc)
-        if error is exc:
-            raise
-        raise error from exc
+        raise_encoding_error(exc)
 
 
 def array_header(count: int) -> bytes:

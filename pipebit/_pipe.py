@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import posix_ipc
 
 from . import _layout as L
 from . import _lock, _shm
-from ._address import RedisPipe, parse
+from ._limits import DEFAULT_CAPACITY, size_mismatch
 from .errors import (
     CapacityMismatchError,
     ModelMismatchError,
@@ -27,8 +27,6 @@ from .errors import (
     PipeFormatError,
     PipeNotFoundError,
 )
-
-DEFAULT_CAPACITY = 4 << 20
 
 
 class Slot:
@@ -228,89 +226,47 @@ def _initialise(name: str, model: int, capacity: int, packet_len: int) -> tuple[
     return segment, info
 
 
-def open_pipe(
-    name: str,
-    model: int,
-    *,
-    capacity: int | None,
-    packet_len: int | None,
-    override: bool,
-    create: bool = True,
-    on_event: Callable[[str], None] | None = None,
-    default_capacity: int = DEFAULT_CAPACITY,
-) -> Pipe:
+def open_pipe(name: str, model: int, **options: Any) -> Pipe:
     """Map pipe ``name``, creating it if needed, without taking a slot (tools and tests).
-
-    The arguments are those of :func:`attach`.
-    """
-    found = _open(
-        name,
-        model,
-        capacity=capacity,
-        packet_len=packet_len,
-        override=override,
-        create=create,
-        on_event=on_event,
-        default_capacity=default_capacity,
-        claim=None,
-    )
-    return found[0]
+    ``options`` are those of :func:`attach`."""
+    return _open(name, model, None, **options)[0]
 
 
 def attach(
-    name: str,
-    model: int,
-    role: int,
-    *,
-    init: Callable[[Pipe, int], None] | None = None,
-    capacity: int | None,
-    packet_len: int | None,
-    override: bool,
-    create: bool = True,
-    on_event: Callable[[str], None] | None = None,
-    default_capacity: int = DEFAULT_CAPACITY,
+    name: str, model: int, role: int, *, init: Callable[[Pipe, int], None] | None = None, **options: Any
 ) -> tuple[Pipe, Slot]:
     """Attach to pipe ``name`` or create it, and claim a slot as ``role``; see the Safe/Fast
     endpoints for the semantics.
 
     ``capacity`` and ``packet_len`` of ``None`` mean "the pipe's own, or the
-    default when creating".  An explicit ``capacity`` that differs from the
-    existing pipe's raises :class:`CapacityMismatchError` -- unless ``override``,
-    which then recreates the pipe (refused while others are attached), as it does
-    for a different model.  With ``override`` the pipe's retained contents are
-    discarded and ``packet_len`` applied.  ``init(pipe, base)`` sets the slot's
-    model-specific fields (see :meth:`Pipe.claim_slot`).
+    default (``default_capacity``) when creating".  An explicit ``capacity`` that
+    differs from the existing pipe's raises :class:`CapacityMismatchError` --
+    unless ``override``, which then recreates the pipe (refused while others are
+    attached), as it does for a different model.  With ``override`` the pipe's
+    retained contents are discarded and ``packet_len`` applied.  ``init(pipe,
+    base)`` sets the slot's model-specific fields (see :meth:`Pipe.claim_slot`);
+    ``on_event`` hears what happened, for debug output.
 
     The slot is claimed before the lifecycle lock is let go, so that no
     ``remove()``, ``pipebit clean`` or overriding rebuild can see the pipe unused
     and unlink it between the two.
     """
-    found = _open(
-        name,
-        model,
-        capacity=capacity,
-        packet_len=packet_len,
-        override=override,
-        create=create,
-        on_event=on_event,
-        default_capacity=default_capacity,
-        claim=(role, init),
-    )
-    assert found[1] is not None
-    return found[0], found[1]
+    pipe, slot = _open(name, model, (role, init), **options)
+    assert slot is not None
+    return pipe, slot
 
 
 def _open(
     name: str,
     model: int,
+    claim: tuple[int, Callable[[Pipe, int], None] | None] | None,
     *,
     capacity: int | None,
     packet_len: int | None,
     override: bool,
-    create: bool,
-    on_event: Callable[[str], None] | None,
-    default_capacity: int,
-    claim: tuple[int, Callable[[Pipe, int], None] | None] | None,
+    create: bool = True,
+    on_event: Callable[[str], None] | None = None,
+    default_capacity: int = DEFAULT_CAPACITY,
 ) -> tuple[Pipe, Slot | None]:
     say = on_event or (lambda message: None)
     with _lock.lifecycle():
@@ -388,17 +344,10 @@ def _open(
 
 
 def _size_mismatch(name: str, model: int, asked: int, actual: int) -> CapacityMismatchError:
-    """The error for an explicit size that differs from the existing pipe's, with the ways out."""
+    """The error for an explicit size that differs from the existing pipe's (a Fast pipe's in slot bytes)."""
     if model == L.MODEL_FAST:
-        what, asked_size, actual_size = "slot_size", L.fast_slot_size(asked), L.fast_slot_size(actual)
-    else:
-        what, asked_size, actual_size = "capacity", asked, actual
-    return CapacityMismatchError(
-        f"pipe {name!r} exists with {what}={actual_size}, but {what}={asked_size} was asked for; an explicit "
-        f"size is never ignored.  Pass the same {what} in every process (or none, to take the pipe's), "
-        f"recreate the pipe with a sender's override=True while no other process is attached, "
-        f"or remove it first (`pipebit rm {name}`)"
-    )
+        return size_mismatch(name, "slot_size", L.fast_slot_size(asked), L.fast_slot_size(actual))
+    return size_mismatch(name, "capacity", asked, actual)
 
 
 def _rebuild(name: str, segment: _shm.Segment, info: L.HeaderInfo) -> None:
@@ -464,18 +413,13 @@ def attach_existing(name: str) -> Pipe:
 
 
 def remove_pipe(name: str, *, force: bool = False) -> list[str]:
-    """Unlink pipe ``name``'s segment, semaphores and lock files; return what was removed.
+    """Unlink shared-memory pipe ``name``'s segment, semaphores and lock files; return what
+    was removed.
 
     Refuses with :class:`PipeBusyError` while live processes are attached, unless
     ``force``; they then see the pipe as removed.  ``PipeNotFoundError`` if no
-    part of the pipe exists.  A Redis URL (or a name under ``PIPEBIT_URL``) removes
-    the pipe's keys from that server.
+    part of the pipe exists.
     """
-    address = parse(name)  # the name becomes file paths below: never unchecked
-    if isinstance(address, RedisPipe):
-        from . import _redis  # noqa: PLC0415 - redis-py is optional: imported on first use
-
-        return _redis.remove_pipe(address, force=force)
     with _lock.lifecycle():
         try:
             segment = _shm.attach_segment(name)

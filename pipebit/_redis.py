@@ -32,8 +32,8 @@ import socket
 import time
 from typing import Any, Callable, TypeVar
 
-from . import _layout as L
 from ._address import RedisPipe, Server
+from ._limits import max_packet_bytes
 from ._stats import Participant, PipeStats
 from .errors import DependencyError, PipeBusyError, PipeNotFoundError, TransportError
 
@@ -477,7 +477,7 @@ def read_stats(link: Link, name: str) -> tuple[PipeStats, list[str]]:
             oldest = split_id(decode_text(entry_id))[0] - len(fields.get("d", b""))
         used = head_bytes - min([oldest, *live_positions])
         unread = head_bytes - min(live_positions, default=head_bytes)
-        max_packet = capacity - L.RECORD_HEADER - 5
+        max_packet = max_packet_bytes(capacity)
     else:
         used = len({decode_text(k): v for k, v in newest[0][1].items()}.get("d", b"")) if newest else 0
         unread, max_packet = 0, capacity

@@ -39,9 +39,6 @@ from .errors import CorruptPacketError, PipeClosedError
 # the receiver that holds it back for death.  Posts normally wake it at once.
 WRITER_NAP = 0.05
 LIVENESS_INTERVAL = 0.25
-# Largest number of packets per record: bounds a receiver's read-ahead.
-MAX_RECORD_PACKETS = 8192
-
 _fence_lock = threading.Lock()
 
 # Bound once: module globals are cheaper to reach than attributes, and a request/reply
@@ -67,16 +64,6 @@ def fence() -> None:
     # writer that publishes data cannot miss a receiver going to sleep.
     with _fence_lock:
         pass
-
-
-def max_record_payload(capacity: int) -> int:
-    """The largest payload one record can carry in a ring of ``capacity`` bytes."""
-    return capacity - L.RECORD_HEADER
-
-
-def max_packet_bytes(capacity: int) -> int:
-    """The largest encoded packet the ring can carry (in a record of its own)."""
-    return max_record_payload(capacity) - 5  # the largest array header
 
 
 class Aborted(Exception):
@@ -297,7 +284,7 @@ class RingReader:
         self.cursor = h[slot.base + L.S_CURSOR]
         self.next_seq = h[slot.base + L.S_NEXT_SEQ]
         self.bytes_read = 0
-        self.problem: CorruptPacketError | None = None  # see read()
+        self.problem: Exception | None = None  # see read()
         self.semaphore = pipe.slot_semaphore(slot.index)
         _shm.drain(self.semaphore)  # posts meant for a previous holder of this slot
 

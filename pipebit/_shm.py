@@ -24,36 +24,22 @@ import errno
 import hashlib
 import mmap
 import os
-import re
 import stat
 import tempfile
 from pathlib import Path
 
 import posix_ipc
 
+from ._limits import NAME_PATTERN
 from .errors import (
-    ArgumentTypeError,
-    InvalidNameError,
     NoSpaceError,
     PipeBitError,
     PipeNotFoundError,
     PipePermissionError,
 )
 
-NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
-_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}\Z")
 SEGMENT_PREFIX = "pipebit-"
 _PRIVATE = 0o600
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a valid pipe name; raise ``InvalidNameError`` or ``ArgumentTypeError``."""
-    if not isinstance(name, str):
-        raise ArgumentTypeError(f"a pipe name must be a str, not {type(name).__name__!r}")
-    if not _NAME_RE.match(name):
-        shown = name if len(name) <= 80 else name[:77] + "..."
-        raise InvalidNameError(f"invalid pipe name {shown!r}: a name is {NAME_RULE}")
-    return name
 
 
 def _token(name: str) -> str:
@@ -311,6 +297,6 @@ def names_in_user_dir() -> list[str]:
     for entry in os.listdir(user_dir()):
         if entry.endswith(".lock") and not entry.startswith("."):
             candidate = entry[: -len(".lock")]
-            if _NAME_RE.match(candidate):
+            if NAME_PATTERN.match(candidate):
                 names.append(candidate)
     return sorted(names)

@@ -676,8 +676,7 @@ def test_a_reconnecting_sender_writes_beside_the_published_value_and_keeps_count
 
     def published_buffer() -> tuple[int, int]:
         with pipebit.FastReceiver(name, 0) as probe:
-            assert probe._pipe is not None
-            latest = probe._pipe.words[L.F_LATEST]
+            latest = probe._backend.pipe.words[L.F_LATEST]  # type: ignore[union-attr]
         return (latest >> 1) & 0x7F, latest & 1
 
     sender = pipebit.FastSender(name, 0)

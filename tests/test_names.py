@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pytest
 
 import pipebit
-from pipebit import _layout, _shm
+from pipebit import _layout, _limits, _shm
 
 SHM = Path("/dev/shm")
 NAME_CHARS = string.ascii_letters + string.digits + "_-"
@@ -128,7 +128,7 @@ def test_invalid_names_are_refused_stating_the_rule(bad: str, open_endpoint: Cal
     with pytest.raises(pipebit.InvalidNameError) as info:
         _open_and_undo(open_endpoint, bad)
     assert isinstance(info.value, ValueError)
-    assert _shm.NAME_RULE in str(info.value)
+    assert _limits.NAME_RULE in str(info.value)
     assert "1-64 characters" in str(info.value)
     assert repr(bad) in str(info.value)
 
@@ -137,7 +137,7 @@ def test_invalid_names_are_refused_stating_the_rule(bad: str, open_endpoint: Cal
 def test_remove_refuses_invalid_names(bad: str) -> None:
     with pytest.raises(pipebit.InvalidNameError) as info:
         pipebit.remove(bad)
-    assert _shm.NAME_RULE in str(info.value)
+    assert _limits.NAME_RULE in str(info.value)
 
 
 def test_remove_cannot_delete_files_outside_the_lock_directory(tmp_path: Path) -> None:

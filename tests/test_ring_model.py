@@ -18,8 +18,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import pipebit
 from pipebit import _codec
 from pipebit import _layout as L
+from pipebit._limits import max_packet_bytes
 from pipebit._pipe import Pipe, Slot, open_pipe
-from pipebit._ring import Aborted, RingReader, RingWriter, max_packet_bytes, start_position
+from pipebit._ring import Aborted, RingReader, RingWriter, start_position
 
 CAPACITY = 4096
 packets = st.lists(

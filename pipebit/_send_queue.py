@@ -1,0 +1,252 @@
+"""A Safe sender's bounded queue and the thread that delivers it, whatever the transport.
+
+:class:`SendQueue` is the part of :class:`pipebit.SafeSender` that sits between
+``send()`` and the back-end: a queue bounded in packets and in bytes (so memory
+stays bounded however fast the application sends), the credit that lets
+``send()`` skip the bound checks while a stream flows, and the delivery thread
+that moves batches to the back-end's ``commit_batch()`` -- or, for a lone packet
+while the thread is idle, the back-end's ``commit_now()`` from ``send()`` itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from . import _codec
+from ._endpoint import Endpoint
+from ._limits import MAX_RECORD_PACKETS, check_timeout, too_big
+from ._transport import SafeWriter
+from ._worker import Worker
+from .errors import PipeClosedError, PipeTimeoutError
+
+# A send() that finds the queue empty, this long after the previous such send()
+# ended, writes its packet into the pipe itself rather than waking the delivery
+# thread.  Calls in a tight loop come closer together than this and are batched.
+SPARSE_NS = 5_000
+ONE_PACKET = _codec.array_header(1)
+_monotonic_ns = time.monotonic_ns
+
+
+class SendQueue(Endpoint):
+    """The queue, its credit and its delivery thread (see the module's docstring).
+
+    Attributes are set by :meth:`_init_queue` (once) and :meth:`_start_delivery` (per
+    connection); the face holds the rest.
+    """
+
+    _queue: collections.deque[bytes]
+    _queued_bytes: int  # as of the last _settle(): send()'s fast path counts down _credit instead
+    _credit: int  # see _grant()
+    _granted: int
+    _in_flight: int
+    _sent: int
+    _worker_idle: bool
+    _last_direct: int  # monotonic ns: when the last send() that found the queue empty ended
+    _blocked: int
+    _queue_size: int
+    _queue_bytes: int
+    _max_packet: int
+    _capacity_now: int
+    _batch_bytes: int
+    _required: int
+    _inline: bool
+    _healthy: bool  # open, and the delivery thread has not failed: send()'s one check
+    _abort: threading.Event
+    _worker: Worker | None
+    _writer: SafeWriter | None
+
+    def _init_queue(self, queue_size: int) -> None:
+        self._queue_size = queue_size
+        self._set_mutex(threading.Lock())
+        self._queue = collections.deque()
+        self._queued_bytes = self._credit = self._granted = 0
+        self._in_flight = self._sent = self._blocked = self._last_direct = 0
+        self._worker_idle = self._healthy = False
+        self._abort = threading.Event()
+        self._worker = None
+        self._writer = None
+
+    def _reset_queue(self) -> None:
+        """In a forked child: the parent's queue and locks are the parent's."""
+        self._writer = self._worker = None
+        self._healthy = False
+        self._queue = collections.deque()
+        self._queued_bytes = self._in_flight = self._credit = self._granted = 0
+        self._set_mutex(threading.Lock())
+
+    def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
+        """send()'s other cases, under the mutex: a packet too big, a full queue, an idle thread."""
+        self._settle()
+        n = len(encoded)
+        if n > self._max_packet:
+            raise too_big(self._shown, n, self._max_packet, what="capacity", setting=self._capacity_now)
+        queue = self._queue
+        if queue:
+            if self._no_room_for(n):
+                self._wait_for_room(n, timeout)
+                queue = self._queue
+        elif self._worker_idle and self._inline and self._commit_sparse(encoded):
+            return
+        queue.append(encoded)
+        self._queued_bytes += n
+        if self._worker_idle:
+            self._worker_idle = False
+            self._cond.notify()
+        self._grant()
+
+    def _grant(self) -> None:
+        """Give send()'s fast path a credit of bytes to queue without the slow checks.
+
+        Under the mutex, with a packet just queued (so the delivery thread is awake).
+        Every encoded packet is at least one byte, so a credit no larger than the room
+        left in packets, in bytes, and than the largest packet keeps every bound however
+        the fast path spends it.  Whoever reads or changes ``_queued_bytes`` settles first.
+        """
+        room = min(self._queue_bytes - self._queued_bytes, self._queue_size - len(self._queue), self._max_packet)
+        if room > 0:
+            self._credit = self._granted = room
+
+    def _no_room_for(self, n: int) -> bool:
+        """Whether the queue is full for a packet of ``n`` bytes (settled; under the mutex).
+        An empty queue always takes one packet, however big."""
+        queue = self._queue
+        return len(queue) >= self._queue_size or bool(queue and self._queued_bytes + n > self._queue_bytes)
+
+    def _settle(self) -> None:
+        """Count what the fast path queued on credit into ``_queued_bytes``; no credit is left."""
+        self._queued_bytes += self._granted - self._credit
+        self._credit = self._granted = 0
+
+    def _commit_sparse(self, encoded: bytes) -> bool:
+        """Deliver a lone packet from send() itself, if traffic is sparse and the pipe has room.
+
+        Called under the mutex with the queue empty and the delivery thread idle
+        (so the writer is ours).  A packet that follows the previous one closely
+        is left to the delivery thread instead, which batches a burst into few
+        records; one that comes alone skips the thread hand-off, which is most of
+        the latency of a request/reply exchange.
+        """
+        now = _monotonic_ns()
+        writer = self._writer
+        if now - self._last_direct < SPARSE_NS or writer is None or not writer.commit_now(ONE_PACKET, 1, encoded):
+            self._last_direct = now
+            return False
+        self._last_direct = _monotonic_ns()  # the gap to the next send() counts from here
+        self._sent += 1
+        return True
+
+    def _raise_unhealthy(self) -> None:
+        self._require_open()
+        if self._worker is not None:
+            self._worker.check()
+        raise PipeClosedError(f"sender of pipe {self._shown!r} is closing: close_connection() was called")
+
+    def _wait_for_room(self, n: int, timeout: float | None) -> None:
+        # Called with the mutex held.  Closing is looked at before room, at every wake-up:
+        # once close_connection() has begun, what is queued is all it delivers or counts
+        # as lost, so a packet let in then would vanish uncounted.
+        deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
+        self._blocked += 1
+        try:
+            while True:
+                if not self._healthy:
+                    self._raise_unhealthy()
+                self._settle()  # another thread may have queued on credit meanwhile
+                if not self._no_room_for(n):
+                    return
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PipeTimeoutError(
+                        f"send() waited {timeout}s for room in the queue of pipe {self._shown!r}; "
+                        "its receivers are not keeping up"
+                    )
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+        finally:
+            self._blocked -= 1
+
+    def _wait_delivered(self, timeout: float | None, *, report: bool) -> bool:
+        """Wait for an empty queue; ``False`` on timeout or a dead delivery thread, whose
+        error is raised if ``report``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._mutex:
+            while self._queue or self._in_flight:
+                if self._worker is not None and not self._worker.alive:
+                    if report:
+                        self._worker.check()
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def _deliver(self, stopping: threading.Event) -> None:
+        """The delivery thread: move queued packets into the pipe, a batch at a time."""
+        try:
+            self._deliver_batches(stopping)
+        except BaseException:
+            self._healthy = False  # send() finds out at its next call; Worker keeps the error
+            raise
+
+    def _deliver_batches(self, stopping: threading.Event) -> None:
+        writer = self._writer
+        assert writer is not None
+        abort = self._abort
+        batch_bytes = self._batch_bytes
+        idle_interval = writer.idle_interval
+        while True:
+            with self._mutex:
+                idle = False
+                while not self._queue:
+                    if stopping.is_set():
+                        return
+                    self._worker_idle = True
+                    self._cond.notify_all()  # flushers wait for an empty queue
+                    if not self._cond.wait(idle_interval) and not self._queue:
+                        idle = True  # a whole interval without a packet
+                        break
+                self._worker_idle = False
+                if not idle:
+                    batch = self._take_batch(batch_bytes)
+                    self._in_flight = count = len(batch)
+                    if self._blocked:
+                        self._cond.notify_all()
+            if idle:
+                writer.idle()
+                continue
+            if count == 1:  # often a big packet: spare it the copy a join would make
+                delivered = writer.commit_batch(ONE_PACKET, 1, abort, batch[0])
+            else:
+                delivered = writer.commit_batch(_codec.join_batch(batch), count, abort)
+            if not delivered:
+                return  # aborted: close_connection() counts what was in flight
+            with self._mutex:
+                self._in_flight = 0
+                self._sent += count
+                self._required = writer.packet_len  # another sender's override may change it
+
+    def _take_batch(self, batch_bytes: int) -> collections.deque[bytes]:
+        """Take the next batch off the queue (under the mutex): all of it when it is small
+        enough, else as many packets as fit ``batch_bytes`` (at least one)."""
+        self._settle()
+        queue = self._queue
+        if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
+            batch, size = queue, self._queued_bytes  # all of it: swap, do not copy
+            self._queue = collections.deque()
+        else:
+            batch = collections.deque([queue.popleft()])
+            size = len(batch[0])
+            while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+                item = queue.popleft()
+                batch.append(item)
+                size += len(item)
+        self._queued_bytes -= size
+        return batch
+
+    def _set_mutex(self, mutex: threading.Lock) -> None:
+        """The lock over the queue and the counters, and the condition the delivery thread waits on."""
+        self._mutex = mutex
+        self._lock, self._unlock = mutex.acquire, mutex.release
+        self._cond = threading.Condition(mutex)
