@@ -53,7 +53,8 @@ def _packer() -> Callable[[object], bytes]:
     # A Packer keeps an internal buffer, so one instance must not be entered by two
     # threads at once (it can be, when ``default`` runs Python code): one per thread.
     try:
-        return _local.pack  # type: ignore[no-any-return]
+        found: Callable[[object], bytes] = _local.pack
+        return found
     except AttributeError:
         pack: Callable[[object], bytes] = msgpack.Packer(default=_pack_unsupported, use_bin_type=True).pack
         _local.pack = pack

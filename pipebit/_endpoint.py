@@ -122,9 +122,9 @@ class Endpoint:
 
     def stats(self) -> EndpointStats:
         """A snapshot of this endpoint and its pipe (see :class:`pipebit.EndpointStats`)."""
-        backend = self._require_open()
+        backend: Backend = self._require_open()
         packets, pending = self._counters()
-        return backend.stats(self._role, packets, pending)  # type: ignore[no-any-return]
+        return backend.stats(self._role, packets, pending)
 
     def _size_text(self) -> str:  # pragma: no cover - overridden
         """What ``repr()`` says of the pipe's size while connected."""

@@ -256,7 +256,7 @@ def attach(
     return pipe, slot
 
 
-def _open(
+def _open(  # noqa: PLR0912, PLR0915 - one decision under one lock: attach, replace, rebuild, refuse or create
     name: str,
     model: int,
     claim: tuple[int, Callable[[Pipe, int], None] | None] | None,

@@ -192,7 +192,7 @@ class ReceiveCache(Endpoint):
                 elif not self._callers:
                     reader.wait(SLEEP_SLICE)
 
-    def _room(self, in_caller: bool) -> tuple[int, int] | None:
+    def _room(self, in_caller: bool) -> tuple[int, int] | tuple[()] | None:
         """(packets, bytes) the caching thread may read now, ``()`` while the application reads
         for itself (it waits a little for that), ``None`` when it must not read: the cache is
         full, or holds a problem not raised yet.  Under the mutex."""
@@ -200,7 +200,7 @@ class ReceiveCache(Endpoint):
             idle = time.monotonic() - self._last_call
             if self._callers or idle < HANDBACK:  # the application reads for itself
                 self._cond.wait(HANDBACK if self._callers else HANDBACK - idle)
-                return ()  # type: ignore[return-value]
+                return ()
         if (
             len(self._cache) >= self._max_cached
             or self._cached_bytes >= self._max_cached_bytes

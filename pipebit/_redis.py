@@ -376,7 +376,7 @@ class Link:
 
     def forget(self) -> None:
         """In a forked child: drop the parent's connections without using them."""
-        self.client = None  # type: ignore[assignment]
+        self.client = None  # type: ignore[assignment]  # the parent's: any use after this is a bug, and fails
 
 
 def missing_script(exc: BaseException) -> bool:

@@ -296,7 +296,7 @@ class RingReader:
         """When the newest record was committed (``time.time_ns()`` of the writer)."""
         return int(self.pipe.header[L.LAST_WRITE_NS])
 
-    def read(self, limit: int, byte_limit: int = 1 << 62) -> list[Any]:
+    def read(self, limit: int, byte_limit: int = 1 << 62) -> list[Any]:  # noqa: PLR0912, PLR0915 - hot loop: a call per record costs
         """Decode the committed records after the cursor -- whole records, until ``limit``
         packets or ``byte_limit`` bytes of records are reached -- and advance past them.
         ``[]`` when there are none.  ``bytes_read`` tells how many bytes the records took.

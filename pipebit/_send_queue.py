@@ -147,7 +147,8 @@ class SendQueue(Endpoint):
         # Called with the mutex held.  Closing is looked at before room, at every wake-up:
         # once close_connection() has begun, what is queued is all it delivers or counts
         # as lost, so a packet let in then would vanish uncounted.
-        deadline = None if timeout is None else time.monotonic() + check_timeout(timeout)  # type: ignore[operator]
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
         self._blocked += 1
         try:
             while True:

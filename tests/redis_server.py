@@ -35,7 +35,7 @@ def skip_without_redis() -> None:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
     try:
-        import redis  # noqa: F401
+        import redis  # noqa: F401 - only whether it imports matters here
     except ImportError:
         pytest.skip('redis-py is not installed: pip install -e ".[dev]" (or "pipebit[redis]")')
 
