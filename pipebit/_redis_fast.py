@@ -53,6 +53,7 @@ class RedisFastWriter(RedisMember):
         send_lock: threading.Lock,
     ) -> None:
         super().__init__(address, "sender", create, log)
+        self._send_lock = send_lock
         _, self.packet_len = self.join(
             size=slot_size, default=DEFAULT_SLOT_SIZE, packet_len=packet_len, override=override
         )
@@ -64,17 +65,19 @@ class RedisFastWriter(RedisMember):
         self._worker.start()
 
     def publish(self, encoded: bytes) -> None:
-        """Leave ``encoded`` for the thread to publish (replacing a value not yet published)."""
-        self._worker.check()
-        with self._cond:
-            self._stamp += 1
-            idle = self._pending is None
-            self._pending = (self._stamp, encoded)  # replaces one not yet published: it is stale
-            if idle:
-                self._cond.notify_all()
-
-    def wake_sleepers(self) -> None:
-        """Receivers wait on the server itself: nothing to wake."""
+        """Leave ``encoded`` for the thread to publish (replacing a value not yet published),
+        and let go of the send lock (held by the caller).  Receivers wait on the server
+        itself: there is no one to wake."""
+        try:
+            self._worker.check()
+            with self._cond:
+                self._stamp += 1
+                idle = self._pending is None
+                self._pending = (self._stamp, encoded)  # replaces one not yet published: it is stale
+                if idle:
+                    self._cond.notify_all()
+        finally:
+            self._send_lock.release()
 
     def published(self) -> int:
         return self._sent

@@ -65,9 +65,9 @@ def _attach(
 class ShmFastWriter(Attachment):
     """A sender's lane of a Fast pipe in shared memory.
 
-    :meth:`publish` is called under the face's send lock (one writer per lane);
-    :meth:`wake_sleepers` after that lock is released, whose release is the memory
-    barrier that orders "published" before "anyone asleep?" (see ``docs/format.md``).
+    :meth:`publish` is called under the face's send lock (one writer per lane), and
+    releases it: that release is the memory barrier that orders "published" before
+    "anyone asleep?" (see ``docs/format.md``).
     """
 
     def __init__(
@@ -95,8 +95,9 @@ class ShmFastWriter(Attachment):
             pipe.close()
             raise
         self.pipe, self.slot, self.shown = pipe, slot, name
-        self._words = words
+        self._words, self._data = words, pipe.data
         self._send_lock = send_lock
+        self._unlock = send_lock.release
         self.slot_size = L.fast_slot_size(pipe.capacity)
         self.packet_len = int(pipe.header[L.PACKET_LEN])
         self._count = slot.base + L.S_COUNT
@@ -140,33 +141,36 @@ class ShmFastWriter(Attachment):
         raise PipeBusyError(f"Fast pipe {name!r} already has {L.LANES} live senders; close one first")
 
     def publish(self, encoded: bytes) -> None:
-        """Make ``encoded`` the pipe's current value.  Under the face's send lock."""
+        """Make ``encoded`` the pipe's current value, and let go of the send lock (held by the
+        caller); then wake receivers asleep waiting for a value."""
         # The hot path: every line here is paid per update.
-        self._stamp = stamp = self._stamp + 2
-        seq, length, write_ns, start, publish_bits = self._targets[(stamp >> 1) & 1]
-        words = self._words
-        words[seq] = stamp - 1  # odd: being written
-        self.pipe.data[start : start + len(encoded)] = encoded
-        words[length] = len(encoded)
-        words[write_ns] = _time_ns()
-        words[seq] = stamp  # even: complete
-        words[_LATEST] = (stamp << 8) | publish_bits  # publish
-        if not stamp & 0x1FE:  # every 256th: the count tools show, and another sender's override
-            header = self.pipe.header
-            header[self._count] = self.published()
-            self.packet_len = header[L.PACKET_LEN]
-
-    def wake_sleepers(self) -> None:
-        """Post every Fast receiver asleep waiting for a value.  After the send lock's release."""
         try:
-            if not self._words[_SLEEPERS]:
-                return
+            self._stamp = stamp = self._stamp + 2
+            seq, length, write_ns, start, publish_bits = self._targets[(stamp >> 1) & 1]
+            words = self._words
+            words[seq] = stamp - 1  # odd: being written
+            self._data[start : start + len(encoded)] = encoded
+            words[length] = len(encoded)
+            words[write_ns] = _time_ns()
+            words[seq] = stamp  # even: complete
+            words[_LATEST] = (stamp << 8) | publish_bits  # publish
+            if not stamp & 0x1FE:  # every 256th: the count tools show, and another sender's override
+                header = self.pipe.header
+                header[self._count] = self.published()
+                self.packet_len = header[L.PACKET_LEN]
+        finally:
+            # Releasing a lock is an atomic read-modify-write, a full barrier on the CPUs we
+            # run on: it orders "published" before "anyone asleep?" (see format.md, Waiting).
+            self._unlock()
+        try:
+            sleepers = words[_SLEEPERS]
         except ValueError:  # another thread closed this sender since: nothing to wake
             return
-        with self._send_lock:
-            if not self.closed:
-                self._words[_SLEEPERS] = 0
-                self.pipe.wake_waiting_receivers()
+        if sleepers:
+            with self._send_lock:
+                if not self.closed:
+                    words[_SLEEPERS] = 0
+                    self.pipe.wake_waiting_receivers()
 
     def forget(self) -> None:
         self.closed = True

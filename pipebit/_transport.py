@@ -121,11 +121,10 @@ class FastWriter(Backend, Protocol):
     packet_len: int
 
     def publish(self, encoded: bytes) -> None:
-        """Make ``encoded`` the current value, never waiting.  Under the face's send lock."""
-        ...
-
-    def wake_sleepers(self) -> None:
-        """Wake receivers asleep waiting for a value.  After the send lock is released."""
+        """Make ``encoded`` the current value, never waiting.  Called with the face's send
+        lock held, which it releases however it ends, then wakes receivers asleep waiting
+        for a value.  (One call per update, where a lock and a wake-up need to be on either
+        side of the release: the update rate of a Fast pipe is the cost of this path.)"""
         ...
 
     def published(self) -> int: ...

@@ -102,8 +102,7 @@ class FastSender(Endpoint):
             log=self._logger,
             send_lock=self._send_lock,
         )
-        # Bound once: send() calls them on every update.
-        self._publish, self._wake_sleepers = writer.publish, writer.wake_sleepers
+        self._publish = writer.publish  # bound once: send() calls it on every update
         self._limit = writer.slot_size
         self._writer = self._backend = writer
         self._register()
@@ -173,12 +172,10 @@ class FastSender(Endpoint):
                 _codec.raise_encoding_error(exc)
             if len(encoded) > self._limit:
                 raise too_big(self._shown, len(encoded), self._limit, what="slot_size", setting=self._limit)
-            self._publish(encoded)
-        finally:
-            # Releasing a lock is an atomic read-modify-write, a full barrier on the CPUs we
-            # run on: it orders "published" before "anyone asleep?" (see format.md, Waiting).
+        except BaseException:
             self._unlock()
-        self._wake_sleepers()
+            raise
+        self._publish(encoded)  # lets go of the send lock (see FastWriter.publish)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the value last sent is published.  On shared memory ``send()``
