@@ -8,7 +8,18 @@ interpreter exit.
   the pipe: the parent still owns their slots and threads.  Using one raises
   :class:`PipeClosedError` saying so; the child opens its own.
 * At interpreter exit, open senders are flushed and closed (so a script that
-  sends and ends delivers every packet), then open receivers are closed.
+  sends and ends delivers every packet), then open receivers are closed.  The
+  same holds when a :mod:`multiprocessing` child process ends normally, whatever
+  its start method: its function returns (or raises), as a ``Process`` target,
+  a ``Pool`` task or a ``ProcessPoolExecutor`` task, and its worker loop ends.
+  Up to Python 3.12, multiprocessing's exit comes before it waits for the
+  child's other (non-daemon) threads: one still sending gets
+  :class:`PipeClosedError`.  From 3.13 it waits for them first, as a script does.
+  A process killed by a signal (``SIGKILL``, or ``SIGTERM`` without a handler)
+  runs nothing at its end: what its senders still had queued is lost.  An
+  exception a signal handler raises into the exit flush (``SystemExit``,
+  ``KeyboardInterrupt``) stops it there, with an :class:`UndeliveredPacketsWarning`
+  saying how many packets that dropped.
 """
 
 from __future__ import annotations
@@ -18,18 +29,31 @@ import logging
 import os
 import sys
 import threading
+import warnings
 import weakref
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from ._limits import check_debug
 from ._stats import EndpointStats
 from ._transport import Backend, locate
-from .errors import PipeClosedError
+from .errors import PipeClosedError, UndeliveredPacketsWarning
+
+if TYPE_CHECKING:
+    from multiprocessing.util import Finalize
 
 logger = logging.getLogger("pipebit")
 
 _open_endpoints: weakref.WeakSet[Endpoint] = weakref.WeakSet()
 _registry_lock = threading.Lock()
+
+# In a multiprocessing child: the finalizer that runs _close_all_at_exit() when the
+# child ends (see _close_all_at_child_exit()); None until this process registers one.
+_child_exit: Finalize[None] | None = None
+# multiprocessing.util._exit_function() runs the finalizers of priority >= 0, highest
+# first, before it terminates the child's daemon children and joins the others.
+# Pool's 15 is the standard library's highest: at 20, senders flush while this
+# process's own children and pools -- perhaps where their receivers are -- still run.
+CHILD_EXIT_PRIORITY = 20
 
 
 def _enable_debug_output() -> None:
@@ -92,6 +116,7 @@ class Endpoint:
     def _register(self) -> None:
         with _registry_lock:
             _open_endpoints.add(self)
+            _close_all_at_child_exit()
 
     def _unregister(self) -> None:
         with _registry_lock:
@@ -144,8 +169,9 @@ class Endpoint:
 
 
 def _after_fork_in_child() -> None:
-    global _registry_lock
+    global _registry_lock, _child_exit
     _registry_lock = threading.Lock()  # the parent may have held it at fork time
+    _child_exit = None  # the parent's finalizer is the parent's (Finalize ignores it here)
     endpoints = list(_open_endpoints)
     _open_endpoints.clear()
     for endpoint in endpoints:
@@ -156,7 +182,44 @@ def _after_fork_in_child() -> None:
         )
 
 
+def _close_all_at_child_exit() -> None:
+    """In a :mod:`multiprocessing` child, make the child's end run :func:`_close_all_at_exit`.
+
+    A child started with ``fork`` or ``forkserver`` ends with ``os._exit()``.  Up to
+    Python 3.12 nothing of :mod:`atexit` runs there: ``BaseProcess._bootstrap()`` runs
+    the process's function, then ``multiprocessing.util._exit_function()`` (in a
+    ``finally``, so also when the function raises), then joins the non-daemon threads.
+    From 3.13, ``popen_fork`` and ``forkserver`` empty the inherited atexit callbacks,
+    register ``_exit_function()`` and run atexit before ``os._exit()``, after
+    ``_bootstrap()`` joined the threads.  Either way ``_exit_function()`` calls the
+    callbacks registered in this process with ``multiprocessing.util.Finalize(...,
+    exitpriority=...)``.  So register one, once per process (under ``_registry_lock``,
+    from :meth:`Endpoint._register`).
+
+    A ``spawn`` child also ends through ``_exit_function()``, then exits the
+    interpreter, which runs PipeBit's own atexit callback as well: the second
+    close-all finds only endpoints opened since the first, if any.  In the main
+    process atexit alone closes all, as before.  A program that does not import
+    :mod:`multiprocessing` pays one dict lookup.
+    """
+    global _child_exit
+    # Not active once it has run: an endpoint opened after that (by another exit
+    # callback) gets a new one, which _exit_function()'s last round of finalizers runs.
+    if _child_exit is not None and _child_exit.still_active():
+        return
+    process = sys.modules.get("multiprocessing.process")
+    # _bootstrap() sets the parent process before it runs the child's function (and
+    # empties the Finalize registry before that); the main process has none.
+    if process is None or process.parent_process() is None:
+        return
+    from multiprocessing import util  # noqa: PLC0415 - loaded already: _bootstrap() imports it
+
+    _child_exit = util.Finalize(None, _close_all_at_exit, exitpriority=CHILD_EXIT_PRIORITY)
+
+
 def _close_all_at_exit() -> None:
+    """Flush and close every open endpoint, senders first: run by :mod:`atexit`, and in a
+    multiprocessing child by multiprocessing's exit (see :func:`_close_all_at_child_exit`)."""
     with _registry_lock:
         endpoints = list(_open_endpoints)
     # Senders first: their flush may need receivers in this process to make room.
@@ -165,6 +228,31 @@ def _close_all_at_exit() -> None:
             endpoint.close_connection()
         except Exception as exc:  # exit must go on; say what was lost
             logger.warning("closing %r at exit failed: %s", endpoint, exc)
+        except BaseException as exc:
+            # A signal handler raised into the flush (SystemExit, KeyboardInterrupt): the
+            # process asked to stop waiting.  Say what that drops, then let it go on --
+            # multiprocessing's _run_finalizers() would pass it on silently.
+            _warn_interrupted(endpoint, exc)
+            raise
+        # What a thread still using it is told from now on (a daemon thread, or in a
+        # multiprocessing child any thread; in the instant before, close_connection()'s words).
+        endpoint._closed_reason = "it was closed as this process ended"
+
+
+def _warn_interrupted(endpoint: Endpoint, exc: BaseException) -> None:
+    """Warn how many packets a sender drops because ``exc`` stopped its flush at exit."""
+    if endpoint._role != "sender":
+        return  # a receiver's close waits for nothing and drops nothing sent
+    try:
+        dropped = str(endpoint.stats().pending)
+    except Exception:  # whatever state the interruption left it in, warn anyway
+        dropped = "its queued"
+    warnings.warn(
+        f"pipe {endpoint.name!r}: {type(exc).__name__} interrupted the flush at exit; "
+        f"{dropped} packet(s) were not delivered",
+        UndeliveredPacketsWarning,
+        stacklevel=2,
+    )
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,4 +1,4 @@
-"""What happens when a script ends: exit flush, exit with a stalled receiver, and idle cost.
+"""What happens when a script ends: exit flush, exit with a stalled receiver, signals, and idle cost.
 
 Children are fresh interpreters started through ``reaper``; each takes the pipe
 name as ``argv[1]``.  Times printed by a child are ``time.monotonic()``, the
@@ -8,7 +8,10 @@ system-wide CLOCK_MONOTONIC on Linux, so they compare with the test's own.
 from __future__ import annotations
 
 import re
+import signal
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +31,26 @@ s = pipebit.SafeSender(name, 0, flush_timeout=flush_timeout)
 for i in range(count):
     s.send([i, "p" * pad])
 print("end", time.monotonic(), flush=True)
+"""
+
+# Sends ``count`` packets [i, "p" * pad], says how many are still queued, then waits
+# to be signalled, or with ``wait`` "end" just ends.  ``handling``: "recipe" turns
+# SIGTERM into sys.exit(0) as docs/exit-and-signals.md says; "python" makes sure
+# SIGINT has Python's own handler (a process started in the background may inherit
+# SIGINT ignored); "none" leaves signals to their default action.
+SEND_THEN_WAIT = """
+import signal, sys, time, pipebit
+name, count, pad, handling, wait = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+if handling == "recipe":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+elif handling == "python":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+s = pipebit.SafeSender(name, 0, flush_timeout=20)
+for i in range(count):
+    s.send([i, "p" * pad])
+print("sent", s.stats().pending, flush=True)
+if wait == "wait":
+    time.sleep(3600)
 """
 
 STALLED_RECEIVER = """
@@ -128,6 +151,95 @@ def test_exit_with_a_stalled_receiver_warns_and_ends(name: str, reaper: Reaper) 
     )
 
 
+def received(receiver: pipebit.SafeReceiver, pad: int) -> list[int]:
+    """The numbers of the packets ``receiver`` gets until none comes for 1 s, checking
+    that each is whole (``[number, "p" * pad]``) and that they run 0, 1, 2, ... without
+    a gap or a repeat."""
+    got: list[Any] = []
+    while batch := receiver.receive(timeout=1.0):
+        got += batch
+    assert all(len(p) == 2 and p[1] == "p" * pad for p in got), "a packet is not [i, 'p' * pad]"
+    seqs = [p[0] for p in got]
+    wrong = next((i for i, n in enumerate(seqs) if n != i), None)
+    assert wrong is None, f"packets are not 0, 1, 2, ...: position {wrong} holds {seqs[wrong]}"
+    return seqs
+
+
+def holding_receiver(name: str) -> pipebit.SafeReceiver:
+    """A receiver that holds its 1 MiB pipe full until the test calls ``receive()``
+    (its thread reads one packet ahead, then waits): 12,000 packets [i, "p" * 100]
+    fill the pipe and leave thousands in the sender's queue, where only the exit
+    flush can deliver them."""
+    return pipebit.SafeReceiver(name, 0, capacity=1 << 20, max_cached=1, start="oldest")
+
+
+@both_transports
+def test_sigterm_by_default_ends_the_sender_leaving_a_gap_free_prefix(name: str, reaper: Reaper) -> None:
+    # SIGTERM's default action ends the process at once: no Python code runs, so
+    # what the sender still had queued is lost (here the receiver holds the pipe
+    # full, so its delivery thread is cut off in the middle of a batch).  What
+    # reached the pipe is a prefix of what was sent: nothing torn, doubled or skipped.
+    count = 12_000
+    with holding_receiver(name) as receiver:
+        child = Child(reaper, SEND_THEN_WAIT, name, str(count), "100", "none", "wait")
+        queued = int(child.expect("sent", 60)[0])
+        child.kill(signal.SIGTERM)
+        assert child.wait(30) == -signal.SIGTERM, child.describe()
+        seqs = received(receiver, 100)
+    print(f"\n[exit] SIGTERM with {queued} packets queued: {len(seqs)} of {count} delivered")
+    assert len(seqs) <= count
+
+
+@both_transports
+@pytest.mark.parametrize(
+    ("handling", "sig", "code"),
+    [("recipe", signal.SIGTERM, 0), ("python", signal.SIGINT, -signal.SIGINT)],
+    ids=["sigterm-recipe", "sigint"],
+)
+def test_signal_turned_into_an_exception_delivers_every_packet_sent(
+    name: str, reaper: Reaper, handling: str, sig: int, code: int
+) -> None:
+    # The handler's exception (SystemExit from the recipe; Python's own SIGINT handler
+    # raises KeyboardInterrupt) unwinds the script, and the interpreter's exit runs
+    # atexit: the exit flush waits for room, which the test makes by receiving.  An
+    # uncaught KeyboardInterrupt ends Python by SIGINT, after its cleanup.
+    count = 12_000
+    with holding_receiver(name) as receiver:
+        child = Child(reaper, SEND_THEN_WAIT, name, str(count), "100", handling, "wait")
+        queued = int(child.expect("sent", 60)[0])
+        assert queued > 0, "the test needs packets still queued when the signal comes"
+        child.kill(sig)
+        time.sleep(0.5)  # a process that died of the signal would be gone by now, its queue with it
+        seqs = received(receiver, 100)
+        assert child.wait(30) == code, child.describe()
+    name_ = signal.Signals(sig).name
+    print(f"\n[exit] {name_} ({handling}) with {queued} packets queued: {len(seqs)} of {count} delivered")
+    assert len(seqs) == count, child.describe()
+    assert "Warning" not in child.stderr, child.describe()
+    if sig == signal.SIGINT:
+        assert "KeyboardInterrupt" in child.stderr, child.describe()
+
+
+def test_signal_during_the_exit_flush_cuts_it_short_and_says_so(name: str, reaper: Reaper) -> None:
+    # With the recipe, a SIGTERM that comes while the script already ends -- its exit
+    # flush waiting for room -- raises SystemExit inside that flush: the script stops
+    # waiting, and the warning says how many packets that dropped.
+    count = 12_000
+    with holding_receiver(name) as receiver:
+        child = Child(reaper, SEND_THEN_WAIT, name, str(count), "100", "recipe", "end")
+        child.expect("sent", 60)
+        time.sleep(0.5)  # the script has ended; its exit flush waits for room
+        child.kill(signal.SIGTERM)
+        assert child.wait(30) == 0, child.describe()
+        match = re.search(r"UndeliveredPacketsWarning: .*SystemExit interrupted .*?(\d+) packet", child.stderr)
+        assert match, f"no UndeliveredPacketsWarning with a count\n{child.describe()}"
+        undelivered = int(match.group(1))
+        seqs = received(receiver, 100)
+    print(f"\n[exit] SIGTERM (recipe) during the exit flush: {undelivered} of {count} packets not delivered")
+    assert 0 < undelivered < count
+    assert len(seqs) == count - undelivered
+
+
 def test_idle_receive_loop_costs_no_cpu_and_wakes_fast(name: str, reaper: Reaper) -> None:
     idle = 3.0
     child = Child(reaper, README_LOOP, name, str(idle))
@@ -160,3 +272,16 @@ def test_closing_right_after_delivery_warns_of_nothing(name: str) -> None:
                 sender.send([round_, i])
             assert [p[1] for p in receive_n(receiver, 5)] == list(range(5))
             sender.close_connection(timeout=0)  # warnings are errors in this suite
+
+
+def test_exit_and_signals_doc_names_tests_that_exist() -> None:
+    # docs/exit-and-signals.md backs each claim with E::`test` (this module) or
+    # M::`test` (test_multiprocessing): every one it names must be there.
+    from . import test_multiprocessing
+
+    doc = (Path(__file__).parent.parent / "docs" / "exit-and-signals.md").read_text(encoding="utf-8")
+    named = re.findall(r"\b([EM])::`(\w+)", doc)
+    assert len(named) >= 10
+    modules = {"E": sys.modules[__name__], "M": test_multiprocessing}
+    missing = [f"{key}::{test}" for key, test in named if not hasattr(modules[key], test)]
+    assert not missing, f"docs/exit-and-signals.md names tests that do not exist: {missing}"
