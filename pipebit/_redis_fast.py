@@ -50,7 +50,7 @@ class RedisFastWriter(RedisMember):
         override: bool,
         create: bool,
         log: Log | None,
-        send_lock: threading.Lock,
+        send_lock: threading.RLock,
     ) -> None:
         super().__init__(address, "sender", create, log)
         self._send_lock = send_lock

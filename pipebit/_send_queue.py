@@ -59,7 +59,7 @@ class SendQueue(Endpoint):
 
     def _init_queue(self, queue_size: int) -> None:
         self._queue_size = queue_size
-        self._set_mutex(threading.Lock())
+        self._set_mutex(threading.RLock())
         self._queue = collections.deque()
         self._queued_bytes = self._credit = self._granted = 0
         self._in_flight = self._sent = self._blocked = self._last_direct = 0
@@ -74,7 +74,7 @@ class SendQueue(Endpoint):
         self._healthy = False
         self._queue = collections.deque()
         self._queued_bytes = self._in_flight = self._credit = self._granted = 0
-        self._set_mutex(threading.Lock())
+        self._set_mutex(threading.RLock())
 
     def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
         """send()'s other cases, under the mutex: a packet too big, a full queue, an idle thread."""
@@ -246,8 +246,10 @@ class SendQueue(Endpoint):
         self._queued_bytes -= size
         return batch
 
-    def _set_mutex(self, mutex: threading.Lock) -> None:
-        """The lock over the queue and the counters, and the condition the delivery thread waits on."""
+    def _set_mutex(self, mutex: threading.RLock) -> None:
+        """The lock over the queue and the counters, and the condition the delivery thread waits
+        on.  Reentrant only so that ``send()`` can tell whether it holds it (``_owned``)."""
         self._mutex = mutex
         self._lock, self._unlock = mutex.acquire, mutex.release
+        self._owned = mutex._is_owned  # type: ignore[attr-defined]  # private, but what Condition uses too
         self._cond = threading.Condition(mutex)

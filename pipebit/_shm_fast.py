@@ -79,7 +79,7 @@ class ShmFastWriter(Attachment):
         override: bool,
         create: bool,
         log: Log | None,
-        send_lock: threading.Lock,
+        send_lock: threading.RLock,
     ) -> None:
         pipe, slot = _attach(
             name, L.ROLE_SENDER, slot_size=slot_size, packet_len=packet_len, override=override, create=create, log=log

@@ -207,7 +207,7 @@ def open_fast_writer(
     override: bool,
     create: bool,
     log: Log | None,
-    send_lock: threading.Lock,
+    send_lock: threading.RLock,
 ) -> FastWriter:
     options: dict[str, Any] = {
         "slot_size": slot_size,

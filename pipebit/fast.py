@@ -82,7 +82,7 @@ class FastSender(Endpoint):
         self._size = check_size(size)
         self._override = check_flag(override, "override")
         self._slot_size = check_slot_size(slot_size)
-        self._set_send_lock(threading.Lock())
+        self._set_send_lock(threading.RLock())
         self._pack = _codec.new_packer()  # used under the send lock only
         self._writer: _transport.FastWriter | None = None
         self._sent_before = 0  # packets sent over earlier connections
@@ -130,12 +130,15 @@ class FastSender(Endpoint):
 
     def _forget_after_fork(self) -> None:
         self._writer = None
-        self._set_send_lock(threading.Lock())
+        self._set_send_lock(threading.RLock())
         super()._forget_after_fork()
 
-    def _set_send_lock(self, lock: threading.Lock) -> None:
+    def _set_send_lock(self, lock: threading.RLock) -> None:
+        # Reentrant only so that send() can tell whether it holds it; bound acquire/release
+        # are cheaper than "with", per update.
         self._send_lock = lock
-        self._lock, self._unlock = lock.acquire, lock.release  # cheaper than "with", per update
+        self._lock, self._unlock = lock.acquire, lock.release
+        self._owned = lock._is_owned  # type: ignore[attr-defined]  # private, but what Condition uses too
 
     def _counters(self) -> tuple[int, int]:
         writer = self._writer
@@ -157,8 +160,11 @@ class FastSender(Endpoint):
         kind = data.__class__
         if kind is not list and kind is not tuple and not isinstance(data, (list, tuple)):
             raise _codec.not_a_packet(data)
-        self._lock()  # one writer per lane: threads of this sender take turns
+        # One writer per lane: threads of this sender take turns.  The lock is taken inside
+        # the try, so that an exception a signal handler raises as acquire() returns does not
+        # leave it held (see SafeSender.send()).
         try:
+            self._lock()
             writer = self._writer
             if writer is None:
                 self._require_open()  # raises
@@ -173,7 +179,8 @@ class FastSender(Endpoint):
             if len(encoded) > self._limit:
                 raise too_big(self._shown, len(encoded), self._limit, what="slot_size", setting=self._limit)
         except BaseException:
-            self._unlock()
+            if self._owned():
+                self._unlock()
             raise
         self._publish(encoded)  # lets go of the send lock (see FastWriter.publish)
 

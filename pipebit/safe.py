@@ -216,8 +216,11 @@ class SafeSender(SendQueue):
         required = self._required
         if required and len(data) != required:
             raise wrong_length(self._shown, required, len(data))
-        self._lock()  # acquire()/release() rather than "with": half the cost, on every packet
+        # acquire()/release() rather than "with": half the cost, on every packet.  Inside the
+        # try: an exception a signal handler raises as acquire() returns (Ctrl-C in a sending
+        # loop) must not leave the lock held -- released only if this thread holds it.
         try:
+            self._lock()
             if not self._healthy:  # closed, forked, or the delivery thread failed
                 self._raise_unhealthy()
             try:
@@ -232,8 +235,11 @@ class SafeSender(SendQueue):
                 self._queue.append(encoded)
             else:
                 self._enqueue(encoded, timeout)
-        finally:
-            self._unlock()
+        except BaseException:
+            if self._owned():
+                self._unlock()
+            raise
+        self._unlock()
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every packet sent so far is in the pipe (not necessarily read).

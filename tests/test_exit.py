@@ -285,3 +285,65 @@ def test_exit_and_signals_doc_names_tests_that_exist() -> None:
     modules = {"E": sys.modules[__name__], "M": test_multiprocessing}
     missing = [f"{key}::{test}" for key, test in named if not hasattr(modules[key], test)]
     assert not missing, f"docs/exit-and-signals.md names tests that do not exist: {missing}"
+
+
+CTRL_C_STORM = r"""
+import signal, sys, threading, time, pipebit
+
+name = sys.argv[1]
+receiver = pipebit.SafeReceiver(name, 0, start="new")
+got = []
+
+def drain():
+    while True:
+        try:
+            got.extend(receiver.receive(timeout=0.1))
+        except pipebit.PipeClosedError:
+            return
+
+threading.Thread(target=drain, daemon=True).start()
+safe = pipebit.SafeSender(name, 0)
+fast = pipebit.FastSender(name + "-fast", 0)
+in_send = False
+
+def interrupt(signum, frame):  # Ctrl-C, but only while a send() is in progress
+    if in_send:
+        raise KeyboardInterrupt
+
+signal.signal(signal.SIGINT, interrupt)
+stop = threading.Event()
+
+def storm():
+    while not stop.is_set():
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.0002)
+
+threading.Thread(target=storm, daemon=True).start()
+interrupts, sent, end = 0, 0, time.monotonic() + 2
+while time.monotonic() < end:
+    try:
+        in_send = True
+        safe.send([sent])
+        fast.send([sent])
+        in_send = False
+        sent += 1
+    except KeyboardInterrupt:
+        in_send = False
+        interrupts += 1
+stop.set()
+safe.flush(timeout=10)  # a lock a send() left held would make these wait for ever
+fast.send(["last"])
+safe.close_connection()
+fast.close_connection()
+print("done", interrupts, flush=True)
+pipebit.remove(name + "-fast", force=True)
+"""
+
+
+def test_ctrl_c_inside_send_never_leaves_the_sender_locked(name: str, reaper: Reaper) -> None:
+    # Before: an exception raised by a signal handler as the sender's lock was taken left
+    # the lock held: the next send(), flush() or the exit flush waited for ever.
+    child = Child(reaper, CTRL_C_STORM, name)
+    words = child.expect("done", timeout=60)
+    assert int(words[0]) > 100, f"only {words[0]} interrupts landed in send(); the test proves little"
+    assert child.wait(30) == 0, child.describe()
