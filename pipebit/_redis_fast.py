@@ -220,12 +220,8 @@ class RedisFastReader(RedisMember):
             except Exception as exc:
                 if self._stopped:  # interrupt() cut the connection: the receiver is closing
                     return []
-                if R.missing_script(exc):
-                    link.reload_scripts()
+                if not self.retry_after(exc):
                     continue
-                if not R.transient(exc):
-                    raise R.describe(exc, link.server) from exc
-                self._log(f"lost the server ({exc}); retrying")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return []

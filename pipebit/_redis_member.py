@@ -159,6 +159,20 @@ class RedisMember:
             return link.beat_script(keys=keys, args=args)
         return pipe.evalsha(link.beat_script.sha, len(keys), *keys, *args)
 
+    def retry_after(self, exc: Exception) -> bool:
+        """Sort out a failed round trip: ``False`` when the server had only forgotten the
+        scripts (reloaded now: retry at once), ``True`` when the connection failed (retry
+        after a pause); anything else is raised as :class:`TransportError`."""
+        link = self.link
+        assert link is not None
+        if R.missing_script(exc):
+            link.reload_scripts()
+            return False
+        if not R.transient(exc):
+            raise R.describe(exc, link.server) from exc
+        self._log(f"lost the server ({exc}); retrying")
+        return True
+
     def removed(self) -> PipeClosedError:
         return PipeClosedError(
             f"pipe {self.shown!r} was removed while this {self.role} was attached (or the server lost its data)"

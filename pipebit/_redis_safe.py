@@ -234,12 +234,8 @@ class RedisSafeReader(RedisMember):
             if self._interrupted:  # interrupt() cut the connection: not a failure
                 self._interrupted = False
                 return
-            if R.missing_script(exc):
-                link.reload_scripts()
+            if not self.retry_after(exc):
                 return
-            if not R.transient(exc):
-                raise R.describe(exc, link.server) from exc
-            self._log(f"lost the server ({exc}); retrying")
             self._backoff.clear()
             retry_wait(self._backoff, self._attempt)
             self._attempt += 1
