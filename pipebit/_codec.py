@@ -26,14 +26,41 @@ from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
 
 EXT_BIG_INT = 1
 
+
 # How deeply a value may sit in a packet: the packet's own list is level 1, and whatever a
 # list, tuple or dict holds (dict keys too) is one level below it.  It is the MessagePack
-# packer's limit: deeper, it raises, and so send() raises PacketSizeError.  One decoder
-# call holds a level less (and a record's array wraps each packet in one more), so a
-# payload too deep for one call is decoded in parts: the record's packets one by one, and
-# a packet at this depth item by item (_decode_deepest).  tests/test_codec.py checks both
-# sides against this number with packets at, below and above it.
-MAX_DEPTH = 1025
+# packer's own limit, found once at import (1025 with msgpack 1.2; 512 with 1.1, the last
+# for Python 3.9): deeper, the packer raises, and so send() raises PacketSizeError.  Every
+# receiver decodes up to 1025 whatever its msgpack: one decoder call holds 1024 levels (and
+# a record's array wraps each packet in one more), so a payload too deep for one call is
+# decoded in parts -- the record's packets one by one, and a packet at 1025 item by item
+# (_decode_deepest).  tests/test_codec.py checks both sides with packets at, below and
+# above the limit.
+def _packer_depth() -> int:
+    """The deepest level the installed packer takes: the known limits are tried first (a
+    few packs of a thousand-level chain), anything else is searched for."""
+    levels: list[list[Any]] = [[]]  # levels[k] is a chain of k + 1 nested lists
+    for _ in range(2048):
+        levels.append([levels[-1]])
+
+    def packs(depth: int) -> bool:
+        try:
+            msgpack.packb(levels[depth - 1])
+        except ValueError:
+            return False
+        return True
+
+    for known in (1025, 512):
+        if packs(known) and not packs(known + 1):
+            return known
+    low, high = 1, len(levels)  # low packs; high is the first depth that may not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if packs(middle) else (low, middle)
+    return low
+
+
+MAX_DEPTH = _packer_depth()
 
 ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple and dict"
 
