@@ -432,3 +432,20 @@ def test_remove_refuses_while_an_endpoint_is_attached_then_removes_everything(na
     assert_no_pipe(name)
     with pytest.raises(pipebit.PipeNotFoundError):
         pipebit.remove(name)
+
+
+@both_transports
+def test_an_endpoint_is_of_its_own_class_on_every_transport(name: str) -> None:
+    # One face over both transports: no per-transport subclass is made behind the user's
+    # back, so a subclass of the user's own works on a Redis server too.
+    class Tagged(pipebit.SafeSender):
+        def send_tagged(self, value: int) -> None:
+            self.send(["tag", value])
+
+    with Tagged(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
+        assert type(sender) is Tagged
+        assert type(receiver) is pipebit.SafeReceiver
+        assert repr(sender).startswith("<Tagged ")
+        sender.send_tagged(1)
+        sender.flush(timeout=10)
+        assert receive_exactly(receiver, 1) == [["tag", 1]]
