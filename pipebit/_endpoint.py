@@ -19,7 +19,7 @@ interpreter exit.
   runs nothing at its end: what its senders still had queued is lost.  An
   exception a signal handler raises into the exit flush (``SystemExit``,
   ``KeyboardInterrupt``) stops it there, with an :class:`UndeliveredPacketsWarning`
-  saying how many packets that dropped.
+  saying how many packets that dropped; so does a sender whose close fails.
 """
 
 from __future__ import annotations
@@ -227,29 +227,30 @@ def _close_all_at_exit() -> None:
         try:
             endpoint.close_connection()
         except Exception as exc:  # exit must go on; say what was lost
-            logger.warning("closing %r at exit failed: %s", endpoint, exc)
+            _report_failed_close(endpoint, f"closing it at exit failed: {exc}")
         except BaseException as exc:
             # A signal handler raised into the flush (SystemExit, KeyboardInterrupt): the
             # process asked to stop waiting.  Say what that drops, then let it go on --
             # multiprocessing's _run_finalizers() would pass it on silently.
-            _warn_interrupted(endpoint, exc)
+            _report_failed_close(endpoint, f"{type(exc).__name__} interrupted the flush at exit")
             raise
         # What a thread still using it is told from now on (a daemon thread, or in a
         # multiprocessing child any thread; in the instant before, close_connection()'s words).
         endpoint._closed_reason = "it was closed as this process ended"
 
 
-def _warn_interrupted(endpoint: Endpoint, exc: BaseException) -> None:
-    """Warn how many packets a sender drops because ``exc`` stopped its flush at exit."""
+def _report_failed_close(endpoint: Endpoint, what: str) -> None:
+    """Say that closing ``endpoint`` at exit went wrong: for a sender, with an
+    :class:`UndeliveredPacketsWarning` counting the packets that drops."""
     if endpoint._role != "sender":
-        return  # a receiver's close waits for nothing and drops nothing sent
+        logger.warning("%r: %s", endpoint, what)
+        return
     try:
         dropped = str(endpoint.stats().pending)
-    except Exception:  # whatever state the interruption left it in, warn anyway
+    except Exception:  # whatever state the failure left it in, warn anyway
         dropped = "its queued"
     warnings.warn(
-        f"pipe {endpoint.name!r}: {type(exc).__name__} interrupted the flush at exit; "
-        f"{dropped} packet(s) were not delivered",
+        f"pipe {endpoint.name!r}: {what}; {dropped} packet(s) were not delivered",
         UndeliveredPacketsWarning,
         stacklevel=2,
     )

@@ -390,7 +390,7 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
         ('{"a": 1}', "JSON array"),
         ("42", "JSON array"),
         ('[{"$bytes": "!"}]', "base64"),
-        ("[" * 5000 + "]" * 5000, "nests deeper"),
+        ("[" * 5000 + "]" * 5000, "nests"),  # the JSON decoder's limit or the codec's, by CPython version
         ("[" + "1" * 5000 + "]", "5000 digits"),
         ('["\\ud800"]', "not valid Unicode"),  # a JSON escape of half a surrogate pair
         ('["caf\udce9"]', "not UTF-8"),  # the byte 0xe9 alone: argv decodes it to a surrogate
