@@ -22,6 +22,7 @@ Every error also subclasses the builtin a caller would try first, so
      └── PipeFormatError                            the segment is not a PipeBit pipe we can read
           ├── ModelMismatchError   (ValueError)     a Safe endpoint met a Fast pipe, or the reverse
           └── CorruptPacketError                    bytes in the pipe do not decode to a packet
+               └── NumpyMissingError (ImportError)  a packet holds an array, and this receiver has no numpy
 
 Messages name the pipe and say whose fault the error is: the caller's argument,
 the caller's own earlier action, a peer process, or the segment's contents.
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidNameError",
     "ModelMismatchError",
     "NoSpaceError",
+    "NumpyMissingError",
     "PacketSizeError",
     "PacketTypeError",
     "PipeBitError",
@@ -133,6 +135,14 @@ class ModelMismatchError(PipeFormatError, ValueError):
 
 class CorruptPacketError(PipeFormatError):
     """Bytes read from the pipe do not decode to a valid packet."""
+
+
+class NumpyMissingError(CorruptPacketError, DependencyError):
+    """A packet holds a numpy array, and this receiver cannot import numpy (``pip install 'pipebit[numpy]'``).
+
+    Raised by ``receive()`` like any packet it cannot decode: once, after the packets
+    before it; the next call goes on after the record that held it.  It is also a
+    :class:`DependencyError` (and so an ``ImportError``) naming what to install."""
 
 
 class PipeBitWarning(UserWarning):
