@@ -267,6 +267,40 @@ def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
     assert tail.interrupt() == (0, "")
 
 
+@both_transports
+def test_tail_shows_arrays_by_shape_and_dtype_and_as_json_whole(name: str, reaper: Reaper) -> None:
+    np = pytest.importorskip("numpy")
+    frame = np.arange(1080 * 1920 * 3, dtype=np.uint64).astype(np.uint8).reshape(1080, 1920, 3)
+    small = np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3))
+    packet = [frame, {"small": small, "n": np.float32(0.5)}, [np.zeros((0,), "<U2")]]
+    with pipebit.SafeSender(name, 0, capacity=16 << 20) as sender:
+        sender.send(packet)
+        sender.flush(timeout=30)
+        plain = Cli(reaper, "tail", "-n", "1", name)
+        as_json = Cli(reaper, "tail", "--json", "-n", "1", name)
+        assert plain.take(1) == [
+            "[array(shape=(1080, 1920, 3), dtype=uint8), {'small': array(shape=(2, 3), dtype='>i4'), 'n': 0.5}, "
+            "[array(shape=(0,), dtype='<U2')]]"
+        ]
+        got = json.loads(as_json.take(1)[0])
+    assert got[0]["$array"]["dtype"] == "|u1"
+    assert got[0]["$array"]["shape"] == [1080, 1920, 3]
+    assert base64.b64decode(got[0]["$array"]["data"]) == frame.tobytes()
+    assert got[1] == {
+        "small": {
+            "$array": {
+                "dtype": ">i4",
+                "shape": [2, 3],
+                "data": base64.b64encode(np.ascontiguousarray(small).tobytes()).decode(),
+            }
+        },
+        "n": 0.5,
+    }
+    assert got[2] == [{"$array": {"dtype": "<U2", "shape": [0], "data": ""}}]
+    assert plain.interrupt() == (0, "")
+    assert as_json.interrupt() == (0, "")
+
+
 def test_tail_n_larger_than_any_pipe_prints_all_retained(name: str, reaper: Reaper) -> None:
     stale_pipe(reaper, name, 3)
     tail = Cli(reaper, "tail", "-n", "1" * 30, name)  # more than a C ssize_t holds
