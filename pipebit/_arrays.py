@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import msgpack
 
@@ -127,10 +127,21 @@ def _pack_scalar(np: Any, obj: Any) -> object:
 
 def _pack_array(np: Any, array: Any) -> Any:
     check_dtype(array.dtype)
-    text = array.dtype.str.encode("ascii")
-    header = bytes((len(text),)) + text + bytes((array.ndim,)) + b"".join(n.to_bytes(8, "big") for n in array.shape)
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # copies only when not C-contiguous
-    return msgpack.ExtType(EXT_NDARRAY, b"".join((header, flat)))
+    return msgpack.ExtType(EXT_NDARRAY, payload(array.dtype.str, array.shape, flat))
+
+
+def payload(dtype_text: str, shape: Sequence[int], data: Any) -> bytes:
+    """The extension payload of an array: its header, then ``data`` (a bytes-like object).
+
+    For a trusted array's fields; anything else must go through :func:`unpack_array`
+    to be checked (``ValueError`` here only for a dtype text or shape no header holds).
+    """
+    text = dtype_text.encode("ascii")
+    if not 1 <= len(text) <= MAX_DTYPE_TEXT or len(shape) > MAX_NDIM:
+        raise ValueError(f"no array has dtype {dtype_text!r} and {len(shape)} dimensions")
+    header = bytes((len(text),)) + text + bytes((len(shape),)) + b"".join(n.to_bytes(8, "big") for n in shape)
+    return b"".join((header, data))
 
 
 def unpack_array(data: bytes) -> Any:

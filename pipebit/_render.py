@@ -1,7 +1,7 @@
 """Packets as lines of text, for ``pipebit tail``: Python reprs, or JSON.  Pure: no I/O.
 
 JSON has no bytes and no arrays, so both travel as one-key objects, which
-``pipebit send`` reads back (bytes only, for now)::
+``pipebit send`` reads back (:func:`array_from_json`)::
 
     {"$bytes": "<base64>"}
     {"$array": {"dtype": "<u1", "shape": [1080, 1920, 3], "data": "<base64>"}}
@@ -20,7 +20,7 @@ import json
 import math
 from typing import Any, List
 
-from ._arrays import is_array, loaded_numpy
+from ._arrays import is_array, loaded_numpy, payload, unpack_array
 
 BYTES_KEY = "$bytes"  # bytes in JSON: {"$bytes": "<base64>"}
 ARRAY_KEY = "$array"  # numpy arrays in JSON: {"$array": {"dtype": "<f4", "shape": [2, 3], "data": "<base64>"}}
@@ -93,3 +93,19 @@ def format_packet(packet: List[Any], as_json: bool) -> str:
             "it holds an integer of more digits than Python converts to text "
             "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
         ) from None
+
+
+def array_from_json(spec: object) -> Any:
+    """The array an ``{"$array": spec}`` object stands for, checked as strictly as one read from a pipe.
+
+    Raises ``ValueError`` saying what is wrong with ``spec``, and
+    :class:`~pipebit.errors.NumpyMissingError` without numpy.
+    """
+    if not isinstance(spec, dict) or sorted(spec) != ["data", "dtype", "shape"]:
+        raise ValueError(f'"{ARRAY_KEY}" must hold an object of exactly "dtype", "shape" and "data"')
+    dtype, shape, data = spec["dtype"], spec["shape"], spec["data"]
+    if not isinstance(dtype, str) or not isinstance(data, str) or not isinstance(shape, list):
+        raise ValueError(f'"{ARRAY_KEY}" needs a "dtype" text, a "shape" list and base64 "data" text')
+    if not all(type(n) is int and 0 <= n < 1 << 62 for n in shape):
+        raise ValueError(f'the "shape" of a "{ARRAY_KEY}" must list whole numbers >= 0, not {shape!r}')
+    return unpack_array(payload(dtype, shape, base64.b64decode(data, validate=True)))

@@ -28,7 +28,7 @@ import warnings
 from typing import Any, Callable, Iterator, List, Sequence
 
 from . import __version__, _codec, list_pipes, pipe_stats, remove
-from ._render import BYTES_KEY, Unprintable, format_packet
+from ._render import ARRAY_KEY, BYTES_KEY, Unprintable, array_from_json, format_packet
 from ._stats import Participant, PipeStats
 from .errors import (
     PacketSizeError,
@@ -111,7 +111,7 @@ def _quote(text: str) -> str:
 
 
 def _from_json(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook undoing the bytes encoding of ``tail --json`` (:mod:`pipebit._render`).
+    """``json.loads`` object hook undoing the bytes and array encodings of ``tail --json`` (:mod:`pipebit._render`).
 
     Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
     """
@@ -120,6 +120,11 @@ def _from_json(obj: dict[str, Any]) -> Any:
             return base64.b64decode(obj[BYTES_KEY], validate=True)
         except ValueError as exc:  # binascii.Error; or text that is not ASCII
             raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
+    if len(obj) == 1 and ARRAY_KEY in obj:
+        try:
+            return array_from_json(obj[ARRAY_KEY])
+        except (ValueError, ImportError) as exc:  # ImportError: NumpyMissingError
+            raise argparse.ArgumentTypeError(f'not an array in a "{ARRAY_KEY}" ({exc})') from None
     return obj
 
 
@@ -375,7 +380,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send each JSON array as one packet to an existing pipe; wait until all are in it.
 
-    Bytes are written {"$bytes": "<base64>"}, as tail --json prints them.  If any
+    Bytes are written {"$bytes": "<base64>"}, and numpy arrays {"$array": {"dtype":
+    "<f4", "shape": [2, 3], "data": "<base64>"}} (numpy needed), as tail --json
+    prints them.  If any
     argument is not a JSON array a pipe can carry, nothing is sent and the exit
     status is 2; if this pipe refuses one (too long, or too big), nothing is sent
     and the exit status is 1.

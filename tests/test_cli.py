@@ -417,6 +417,18 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
     assert [p[0] for p in got] == list(range(len(got)))  # the ring's packets, and not ["late"]
 
 
+def test_send_reads_arrays_the_way_tail_json_writes_them(name: str) -> None:
+    np = pytest.importorskip("numpy")
+    sent = np.arange(6, dtype=">f4").reshape(2, 3)
+    spec = {"dtype": ">f4", "shape": [2, 3], "data": base64.b64encode(sent.tobytes()).decode()}
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        result = run("send", name, json.dumps([{"$array": spec}, {"$array": {**spec, "shape": [6]}}]))
+        assert (result.returncode, result.stderr) == (0, "")
+        [[got, flat]] = receiver.receive(timeout=10)
+    assert (got.dtype.str, got.shape, got.tobytes()) == (">f4", (2, 3), sent.tobytes())
+    assert flat.shape == (6,)
+
+
 @both_transports
 @pytest.mark.parametrize(
     ("packet", "message"),
@@ -429,8 +441,25 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
         ("[" + "1" * 5000 + "]", "5000 digits"),
         ('["\\ud800"]', "not valid Unicode"),  # a JSON escape of half a surrogate pair
         ('["caf\udce9"]', "not UTF-8"),  # the byte 0xe9 alone: argv decodes it to a surrogate
+        ('[{"$array": [1]}]', 'exactly "dtype", "shape" and "data"'),
+        ('[{"$array": {"dtype": "|O8", "shape": [1], "data": "AAAAAAAAAAA="}}]', "not one PipeBit sends"),
+        ('[{"$array": {"dtype": "<i4", "shape": [2], "data": "AAAA"}}]', "does not fit its 3 bytes"),
+        ('[{"$array": {"dtype": "<i4", "shape": [-1], "data": ""}}]', "whole numbers >= 0"),
     ],
-    ids=["bad-json", "object", "number", "bad-base64", "deep", "huge-int", "surrogate-escape", "latin-1-byte"],
+    ids=[
+        "bad-json",
+        "object",
+        "number",
+        "bad-base64",
+        "deep",
+        "huge-int",
+        "surrogate-escape",
+        "latin-1-byte",
+        "array-not-an-object",
+        "array-object-dtype",
+        "array-short-data",
+        "array-negative-shape",
+    ],
 )
 def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
