@@ -204,6 +204,7 @@ def _payload(header: bytes, shape: tuple[int, ...], data: bytes) -> bytes:
 @example(data=_payload(b"|S9999999999", (1,), b"x"), count=1)  # an item size numpy refuses
 @example(data=_payload(b"<i4", (3,), b"\x00" * 11), count=1)  # a byte short
 @example(data=_payload(b"<i4", (1,) * 65, b"\x00" * 4), count=1)  # too many dimensions
+@example(data=b"\x91\x81" + _payload(b"<i4", (1,), b"\x00" * 4)[1:] + b"\x01", count=1)  # an array as a dict key
 def test_arbitrary_array_payloads_decode_or_raise_corrupt_packet_error(data: bytes, count: int) -> None:
     _check_decoders(data, count)
     try:
