@@ -138,6 +138,13 @@ def test_arrays_that_would_need_pickling_are_refused_naming_the_dtype(make: Any,
     assert named in str(info.value)
 
 
+def test_nan_payloads_and_signalling_nans_arrive_bit_for_bit() -> None:
+    bits = np.array([0x7FC00001, 0x7F800001, 0xFFC12345, 0x7FFFFFFF], dtype="<u4")
+    [got] = _codec.decode(_codec.encode([bits.view("<f4").astype(">f4")]))
+    assert got.dtype.str == ">f4"
+    assert got.astype("<f4").view("<u4").tolist() == bits.tolist()
+
+
 # ----------------------------------------------------------- properties
 DTYPES = st.one_of(
     hnp.boolean_dtypes(),
@@ -335,6 +342,40 @@ def test_a_receiver_without_numpy_gets_a_dependency_error_naming_the_extra(name:
     assert child.returncode == 0, err
     assert "pipebit[numpy]" in out
     assert out.rstrip().endswith("got: [['before'], ['after']]")
+
+
+NO_NUMPY_FAST_RECEIVER = """
+import sys
+sys.modules["numpy"] = None
+import pipebit
+
+receiver = pipebit.FastReceiver(sys.argv[1], 0)
+print("ready", flush=True)
+while True:
+    try:
+        got = receiver.receive(timeout=5)
+    except pipebit.NumpyMissingError as exc:
+        print("error:", exc, flush=True)
+        break
+    assert got == [], got
+print("got:", receiver.receive(timeout=20), flush=True)
+receiver.close_connection()
+"""
+
+
+@both_transports
+def test_a_fast_receiver_without_numpy_gets_the_error_then_the_next_value(name: str, reaper: Any) -> None:
+    child = reaper.spawn(NO_NUMPY_FAST_RECEIVER, name)
+    assert child.stdout.readline().strip() == "ready"
+    with pipebit.FastSender(name, 0) as sender:
+        sender.send([np.arange(3)])
+        line = child.stdout.readline()
+        assert line.startswith("error:")
+        assert "pipebit[numpy]" in line
+        sender.send(["after"])
+        out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert out.strip() == "got: [['after']]"
 
 
 def test_importing_pipebit_and_plain_packets_need_no_numpy(reaper: Any, name: str) -> None:
