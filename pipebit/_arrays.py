@@ -96,10 +96,11 @@ def pack_numpy(obj: object) -> object:
 
     An ndarray becomes the extension type.  A numpy scalar becomes the Python number
     that holds it exactly: ``np.bool_`` a bool, any integer an int, a float of at most
-    64 bits a float (``np.float64`` is one already); a complex or long double scalar,
-    which no MessagePack number holds, a 0-d array.  Other numpy scalars (datetime,
-    void) raise :class:`PacketTypeError`, and so do ndarray subclasses (masked
-    arrays, matrices), whose extra meaning would be lost: send ``np.asarray(x)``.
+    64 bits a float (``np.float64`` is one already); a complex scalar, which no
+    MessagePack number holds, a 0-d array.  Other numpy scalars (long double,
+    datetime, void) raise :class:`PacketTypeError`, and so do ndarray subclasses
+    (matrices, character arrays), whose extra meaning would be lost: send
+    ``np.asarray(x)``.  (Masked arrays are refused by the codec: their type is not numpy's own module's.)
     """
     np = loaded_numpy()
     if np is None:
@@ -166,5 +167,8 @@ def unpack_array(data: bytes) -> Any:
     if count * dtype.itemsize != size - start or max(shape, default=0) >= 1 << 62:
         raise ValueError(f"array of shape {shape} and dtype {dtype.str} does not fit its {size - start} bytes of data")
     array = np.empty(shape, dtype)  # numpy's own checks: a zero-size shape may still be too big for it
-    array.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8, size - start, start)
+    items = array.reshape(-1).view(np.uint8)
+    items[:] = np.frombuffer(data, np.uint8, size - start, start)
+    if dtype.kind == "b" and count and items.max() > 1:  # numpy's bools are the bytes 0 and 1 only
+        raise ValueError("a bool array holds a byte other than 0 and 1")
     return array

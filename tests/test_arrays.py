@@ -206,6 +206,7 @@ def _payload(header: bytes, shape: tuple[int, ...], data: bytes) -> bytes:
 @example(data=_payload(b"<M8[s]", (1,), b"\x00" * 8), count=1)  # datetime
 @example(data=_payload(b"|f4", (1,), b"\x00" * 4), count=1)  # not the canonical text
 @example(data=_payload(b"<f16", (1,), b"\x00" * 16), count=1)  # long double: the platform's own
+@example(data=_payload(b"|b1", (3,), b"\x00\x01\x02"), count=1)  # a bool that is neither 0 nor 1
 @example(data=_payload(b"<i4", (2**64 - 1, 0), b""), count=1)  # zero items, an impossible dimension
 @example(data=_payload(b"<i4", (2**32, 2**32), b""), count=1)  # a product past 64 bits
 @example(data=_payload(b"|S9999999999", (1,), b"x"), count=1)  # an item size numpy refuses
