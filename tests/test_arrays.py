@@ -94,6 +94,22 @@ def test_every_kind_shape_and_layout_round_trips_through_the_codec() -> None:
     assert_same(_codec.decode(_codec.encode(eval(ARRAYS_SOURCE))), expected_arrays())
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.frombuffer(b"abcdefgh", "<u2"),  # read-only, over someone else's bytes
+        lambda: np.broadcast_to(np.arange(3), (4, 3)),  # a stride of 0
+        lambda: np.arange(10)[np.newaxis, ::2, np.newaxis],
+        lambda: np.zeros((2, 3), ">c8").imag,  # a strided view into complex items
+    ],
+    ids=["read-only", "broadcast", "new-axes", "imag-view"],
+)
+def test_views_of_any_layout_travel_as_their_items(make: Any) -> None:
+    sent = make()
+    [got] = _codec.decode(_codec.encode([sent]))
+    assert_same_array(got, sent)
+
+
 def test_numpy_scalars_become_python_numbers_and_complex_ones_0d_arrays() -> None:
     got = _codec.decode(_codec.encode([np.float32(1.5), np.int8(-2), np.bool_(False), np.complex64(1 + 1j)]))
     assert [type(v) for v in got[:3]] == [float, int, bool]
