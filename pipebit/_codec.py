@@ -26,7 +26,7 @@ import msgpack
 
 from ._arrays import EXT_NDARRAY, pack_numpy, unpack_array
 from ._limits import Packet
-from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
+from .errors import CorruptPacketError, NumpyMissingError, PacketSizeError, PacketTypeError
 
 EXT_BIG_INT = 1
 
@@ -226,7 +226,9 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
     the packets are decoded one by one, and what comes back is every packet
     before the first that fails, with the :class:`CorruptPacketError` for that
     one, which says how many of the record's packets are lost: one bad packet
-    costs the rest of its own record, never what follows the record.
+    costs the rest of its own record, never what follows the record.  A packet
+    holding an array, met without numpy, costs only itself: the others come back
+    with a :class:`~pipebit.errors.NumpyMissingError`.
 
     Everything :func:`encode` accepts decodes here, alone or among others: the
     record's array adds a level of nesting, which is past the decoder's stack
@@ -248,18 +250,23 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
 def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
     """:func:`decode_batch`'s slow path, for a record that does not decode whole."""
     packets: list[Packet] = []
+    skipped, missing = 0, None  # packets holding arrays this process cannot decode; the error of the last
     base, unpacker = 0, _unpacker_at(payload, 0)  # the unpacker reads from offset base
     try:
         items = unpacker.read_array_header()
         if items != count:
             raise ValueError(f"its array holds {items} items, its header says {count} packets")
-        while len(packets) < count:
+        while len(packets) + skipped < count:
             start = base + unpacker.tell()
             try:
                 packet = unpacker.unpack()
             except msgpack.StackError:  # a packet at MAX_DEPTH: one level more than one call holds
                 packet, base = _decode_deepest(payload, start)
                 unpacker = _unpacker_at(payload, base)
+            except NumpyMissingError as exc:  # sound, but not for this process: skip it, decode the rest
+                skipped, missing, base, unpacker = skipped + 1, exc, start, _unpacker_at(payload, start)
+                unpacker.skip()  # builds nothing, so calls no extension hook
+                continue
             if type(packet) is not list:
                 raise ValueError(f"a {type(packet).__name__} is not a packet (list)")
             packets.append(packet)
@@ -269,9 +276,12 @@ def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[l
     except Exception as exc:
         lost = count - len(packets)
         return packets, _damage_kind(exc)(
-            f"record of {count} packets does not decode at packet {len(packets) + 1} "
+            f"record of {count} packets does not decode at packet {len(packets) + skipped + 1} "
             f"({exc.__class__.__name__}: {exc}); {lost} packet(s) of it lost"
         )
+    if missing is not None:
+        lost = count - len(packets)
+        return packets, NumpyMissingError(f"{lost} packet(s) of a record of {count} lost: {missing}")
     return packets, None
 
 

@@ -140,11 +140,11 @@ class CorruptPacketError(PipeFormatError):
 class NumpyMissingError(CorruptPacketError, DependencyError):
     """A packet holds a numpy array, and this receiver cannot import numpy (``pip install 'pipebit[numpy]'``).
 
-    Raised by ``receive()`` like any packet it cannot decode: once, after the packets
-    before it; the next call goes on after the record that held it, so the packets a
-    Safe sender batched into that record after the array are lost to this receiver
-    too.  It is also a :class:`DependencyError` (and so an ``ImportError``) naming what
-    to install: a receiver that may meet arrays needs numpy, like their sender."""
+    Raised by ``receive()`` once, after the packets it could decode: a packet holding an
+    array is lost to this receiver, and only that packet (the others of its record
+    arrive, the next call goes on after it).  It is also a :class:`DependencyError`
+    (and so an ``ImportError``) naming what to install: a receiver that may meet
+    arrays needs numpy, like their sender."""
 
 
 class PipeBitWarning(UserWarning):

@@ -329,14 +329,16 @@ import pipebit
 receiver = pipebit.SafeReceiver(sys.argv[1], 0)
 print("ready", flush=True)
 sys.stdin.readline()
-got = []
-while len(got) < 2:
+got, errors = [], 0
+while len(got) < 2 or not errors:  # the error comes once, after the packets decoded with it
     try:
         got += receiver.receive(timeout=5)
     except pipebit.DependencyError as exc:
         assert isinstance(exc, ImportError) and isinstance(exc, pipebit.CorruptPacketError), type(exc)
         assert type(exc) is pipebit.NumpyMissingError, type(exc)
         print("error:", exc, flush=True)
+        errors += 1
+assert receiver.receive(timeout=0.5) == []
 print("got:", got, flush=True)
 assert "numpy" not in sys.modules or sys.modules["numpy"] is None
 receiver.close_connection()
@@ -350,15 +352,34 @@ def test_a_receiver_without_numpy_gets_a_dependency_error_naming_the_extra(name:
     child = reaper.spawn(NO_NUMPY_RECEIVER, name, stdin=subprocess.PIPE)
     assert child.stdout.readline().strip() == "ready"
     with pipebit.SafeSender(name, 0) as sender:
-        for packet in (["before"], [np.arange(3)], ["after"]):  # a record each: the error costs its record's rest
+        for packet in (["before"], [np.arange(3)], ["after"]):  # likely one record: the array costs only itself
             sender.send(packet)
-            sender.flush(timeout=10)
+        sender.flush(timeout=10)
     child.stdin.write("go\n")
     child.stdin.flush()
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert "pipebit[numpy]" in out
     assert out.rstrip().endswith("got: [['before'], ['after']]")
+
+
+def test_without_numpy_a_record_loses_only_its_packets_holding_arrays(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_numpy() -> None:
+        raise pipebit.NumpyMissingError("install it (pipebit[numpy])")
+
+    monkeypatch.setattr(_arrays, "numpy_module", no_numpy)
+    packets = [["a"], [np.arange(2)], ["b"], [1, {"x": [np.eye(2)]}], ["c"]]
+    got, damage = _codec.decode_batch(_codec.join_batch([_codec.encode(p) for p in packets]), 5)
+    assert got == [["a"], ["b"], ["c"]]
+    assert type(damage) is pipebit.NumpyMissingError
+    assert "2 packet(s) of a record of 5 lost" in str(damage)
+    assert "pipebit[numpy]" in str(damage)
+    # Damage after a skipped packet is still damage: the packets before it, then CorruptPacketError.
+    record = _codec.join_batch([_codec.encode(p) for p in packets[:3]]) + b"\xc1"
+    got, damage = _codec.decode_batch(record, 3)
+    assert got == [["a"], ["b"]]
+    assert type(damage) is pipebit.CorruptPacketError
+    assert "stray bytes" in str(damage)
 
 
 NO_NUMPY_FAST_RECEIVER = """
