@@ -10,7 +10,10 @@ What round-trips, with its type: ``None``, ``bool``, ``int`` (any size: those
 outside 64 bits travel as extension type 1, signed big-endian two's complement),
 ``float``, ``str``, ``bytes``, and lists and dicts of these.  Tuples travel as
 arrays and arrive as lists; a dict key that is a tuple arrives as a tuple.
-``bytearray`` and ``memoryview`` arrive as ``bytes``.
+``bytearray`` and ``memoryview`` arrive as ``bytes``.  numpy arrays of bool,
+number, bytes and str dtypes travel as extension type 2 and arrive as new
+writable arrays of the same dtype, shape and values; numpy scalars arrive as
+Python numbers (complex ones as 0-d arrays): see :mod:`pipebit._arrays`.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 
 import msgpack
 
+from ._arrays import EXT_NDARRAY, pack_numpy, unpack_array
 from ._limits import Packet
-from .errors import CorruptPacketError, PacketSizeError, PacketTypeError
+from .errors import CorruptPacketError, NumpyMissingError, PacketSizeError, PacketTypeError
 
 EXT_BIG_INT = 1
 
@@ -62,14 +66,19 @@ def _packer_depth() -> int:
 
 MAX_DEPTH = _packer_depth()
 
-ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple and dict"
+ALLOWED_TYPES = "None, bool, int, float, str, bytes, list, tuple, dict and numpy arrays and scalars"
 
 
-def _pack_unsupported(obj: object) -> msgpack.ExtType:
-    """``default`` hook of the packer: big ints get an extension type, anything else is refused."""
+def _pack_unsupported(obj: object) -> object:
+    """``default`` hook of the packer: big ints and numpy arrays get an extension type, numpy
+    scalars become Python numbers, anything else is refused."""
     if isinstance(obj, int) and not isinstance(obj, bool):
         length = (obj.bit_length() + 8) // 8
         return msgpack.ExtType(EXT_BIG_INT, obj.to_bytes(length, "big", signed=True))
+    if type(obj).__module__ == "numpy":  # cheap, and true of every numpy object but subclasses
+        packed = pack_numpy(obj)
+        if packed is not None:
+            return packed
     raise PacketTypeError(f"a packet cannot carry a value of type {type(obj).__name__!r}; it can carry {ALLOWED_TYPES}")
 
 
@@ -157,6 +166,8 @@ def join_batch(encoded: Sequence[bytes]) -> bytes:
 def _unpack_ext(code: int, data: bytes) -> object:
     if code == EXT_BIG_INT and data:
         return int.from_bytes(data, "big", signed=True)
+    if code == EXT_NDARRAY:
+        return unpack_array(data)
     raise ValueError(f"unknown extension type {code}")
 
 
@@ -228,6 +239,13 @@ def _unpack(payload: Union[bytes, memoryview]) -> Any:
         _gc_enable()
 
 
+def _damage_kind(exc: BaseException) -> type[CorruptPacketError]:
+    """The error class for a payload that failed to decode with ``exc``: :class:`CorruptPacketError`,
+    or the subclass ``exc`` is (:class:`~pipebit.errors.NumpyMissingError`), kept wherever a
+    back-end rewords the error so that the caller can tell what to install."""
+    return type(exc) if isinstance(exc, CorruptPacketError) else CorruptPacketError
+
+
 def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
     """Decode a record's payload, a MessagePack array of ``count`` packets.
 
@@ -235,7 +253,9 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
     the packets are decoded one by one, and what comes back is every packet
     before the first that fails, with the :class:`CorruptPacketError` for that
     one, which says how many of the record's packets are lost: one bad packet
-    costs the rest of its own record, never what follows the record.
+    costs the rest of its own record, never what follows the record.  A packet
+    holding an array, met without numpy, costs only itself: the others come back
+    with a :class:`~pipebit.errors.NumpyMissingError`.
 
     Everything :func:`encode` accepts decodes here, alone or among others: the
     record's array adds a level of nesting, which is past the decoder's stack
@@ -257,18 +277,23 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
 def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
     """:func:`decode_batch`'s slow path, for a record that does not decode whole."""
     packets: list[Packet] = []
+    skipped, missing = 0, None  # packets holding arrays this process cannot decode; the error of the last
     base, unpacker = 0, _unpacker_at(payload, 0)  # the unpacker reads from offset base
     try:
         items = unpacker.read_array_header()
         if items != count:
             raise ValueError(f"its array holds {items} items, its header says {count} packets")
-        while len(packets) < count:
+        while len(packets) + skipped < count:
             start = base + unpacker.tell()
             try:
                 packet = unpacker.unpack()
             except msgpack.StackError:  # a packet at MAX_DEPTH: one level more than one call holds
                 packet, base = _decode_deepest(payload, start)
                 unpacker = _unpacker_at(payload, base)
+            except NumpyMissingError as exc:  # sound, but not for this process: skip it, decode the rest
+                skipped, missing, base, unpacker = skipped + 1, exc, start, _unpacker_at(payload, start)
+                unpacker.skip()  # builds nothing, so calls no extension hook
+                continue
             if type(packet) is not list:
                 raise ValueError(f"a {type(packet).__name__} is not a packet (list)")
             packets.append(packet)
@@ -277,10 +302,13 @@ def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[l
             raise ValueError(f"{len(payload) - end} stray bytes follow its {count} packets")
     except Exception as exc:
         lost = count - len(packets)
-        return packets, CorruptPacketError(
-            f"record of {count} packets does not decode at packet {len(packets) + 1} "
+        return packets, _damage_kind(exc)(
+            f"record of {count} packets does not decode at packet {len(packets) + skipped + 1} "
             f"({exc.__class__.__name__}: {exc}); {lost} packet(s) of it lost"
         )
+    if missing is not None:
+        lost = count - len(packets)
+        return packets, NumpyMissingError(f"{lost} packet(s) of a record of {count} lost: {missing}")
     return packets, None
 
 
@@ -308,7 +336,7 @@ def decode(payload: Union[bytes, memoryview]) -> Packet:
             if end != len(payload):
                 raise ValueError(f"{len(payload) - end} stray bytes follow the packet") from None
     except Exception as exc:
-        raise CorruptPacketError(f"packet does not decode: {exc.__class__.__name__}: {exc}") from exc
+        raise _damage_kind(exc)(f"packet does not decode: {exc.__class__.__name__}: {exc}") from exc
     if type(packet) is not list:
         raise CorruptPacketError(f"bytes decode to a {type(packet).__name__}, not a packet (list)")
     return packet

@@ -239,7 +239,7 @@ class RedisFastReader(RedisMember):
                 try:
                     return [_codec.decode(fields.get(b"d", b""))]
                 except CorruptPacketError as exc:
-                    raise CorruptPacketError(f"pipe {self.shown!r}: {exc}") from None
+                    raise type(exc)(f"pipe {self.shown!r}: {exc}") from None
             if deadline is not None and time.monotonic() >= deadline:
                 return []
         return []

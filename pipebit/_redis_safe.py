@@ -32,7 +32,7 @@ from . import _redis as R
 from ._address import RedisPipe
 from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, Packet, max_packet_bytes
 from ._redis_member import Log, RedisMember, retry_wait
-from .errors import CorruptPacketError, TransportError
+from .errors import TransportError
 
 FULL_NAP = 0.002, 0.05  # a sender with no room asks again after this long, doubling
 
@@ -193,7 +193,7 @@ class RedisSafeReader(RedisMember):
             self.bytes_read += len(payload)
             self._position = end
             if damage is not None:
-                self.problem = CorruptPacketError(f"pipe {self.shown!r}: {damage}")
+                self.problem = type(damage)(f"pipe {self.shown!r}: {damage}")
                 break
         self._read += len(packets)
         return packets

@@ -362,7 +362,7 @@ class RingReader:
                 if damage is None:
                     cursor, next_seq = end, first_seq + count
                 else:
-                    self.problem = CorruptPacketError(f"pipe {pipe.name!r}, record at position {cursor}: {damage}")
+                    self.problem = type(damage)(f"pipe {pipe.name!r}, record at position {cursor}: {damage}")
                     cursor = end
                     # The damage may be in the count itself: expect no more of the next record
                     # than that it comes after this one.

@@ -280,7 +280,7 @@ class ShmFastReader(Attachment):
             try:
                 return _codec.decode(payload)
             except CorruptPacketError as exc:
-                raise CorruptPacketError(f"pipe {self.shown!r}: {exc}") from None
+                raise type(exc)(f"pipe {self.shown!r}: {exc}") from None
         return None
 
     def _sleep(self, timeout: float | None) -> None:

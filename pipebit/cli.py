@@ -20,7 +20,6 @@ import dataclasses
 import fnmatch
 import inspect
 import json
-import math
 import os
 import signal
 import sys
@@ -29,6 +28,7 @@ import warnings
 from typing import Any, Callable, Iterator, List, Sequence
 
 from . import __version__, _codec, list_pipes, pipe_stats, remove
+from ._render import ARRAY_KEY, BYTES_KEY, Unprintable, array_from_json, format_packet
 from ._stats import Participant, PipeStats
 from .errors import (
     PacketSizeError,
@@ -41,7 +41,6 @@ from .errors import (
 from .fast import FastReceiver, FastSender
 from .safe import SafeReceiver, SafeSender
 
-BYTES_KEY = "$bytes"  # bytes in JSON: {"$bytes": "<base64>"}
 POLL = 0.25  # seconds between checks for Ctrl-C while tail waits for packets
 QUOTE_CHARS = 80  # an argument quoted in an error message is cut to about this many characters
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
@@ -106,58 +105,13 @@ class _Failure(Exception):
     """An expected failure whose message is complete: :func:`main` prints it and exits 1."""
 
 
-class _Unprintable(Exception):
-    """A packet has no faithful text in the output form asked for; the message says why."""
-
-
-_PLAIN = " (tail without --json prints it)"
-
-
-def _to_json(value: Any) -> Any:
-    """A packet value as JSON data: bytes become ``{"$bytes": base64}``, and a dict key
-    that is not a ``str`` becomes its repr (JSON keys are text): ``"3"``, ``"(1, 2)"``, ``"b'k'"``.
-
-    Raises :class:`_Unprintable` rather than print what a JSON reader would get wrong:
-    NaN and the infinities (``json.dumps`` writes ``NaN``, which is not JSON), and two
-    keys of one dict whose texts are the same (a reader keeps only one of them).
-    """
-    if isinstance(value, bytes):
-        return {BYTES_KEY: base64.b64encode(value).decode("ascii")}
-    if isinstance(value, list):
-        return [_to_json(item) for item in value]
-    if isinstance(value, dict):
-        shown: dict[str, Any] = {}
-        for key, item in value.items():
-            text = key if isinstance(key, str) else repr(key)
-            if text in shown:  # e.g. 1 and "1"
-                raise _Unprintable(f"a dict has two keys that are both written {text!r} in JSON{_PLAIN}")
-            shown[text] = _to_json(item)
-        return shown
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _Unprintable(f"JSON has no number {value!r}{_PLAIN}")
-    return value
-
-
-def _format(packet: List[Any], as_json: bool) -> str:
-    """One packet as a line of output (without the newline): its repr, or JSON."""
-    try:
-        return json.dumps(_to_json(packet)) if as_json else repr(packet)
-    except RecursionError:  # both recurse once per level; a packet may nest as deep as the codec goes
-        raise _Unprintable("it nests deeper than Python can print") from None
-    except ValueError:  # from int.__repr__: the limit _int_from_json describes (the values are all builtins)
-        raise _Unprintable(
-            "it holds an integer of more digits than Python converts to text "
-            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
-        ) from None
-
-
 def _quote(text: str) -> str:
     """``text`` quoted for an error message, cut short: a packet argument can be 128 KiB."""
     return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "...")
 
 
 def _from_json(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook undoing :func:`_to_json`'s bytes encoding.
+    """``json.loads`` object hook undoing the bytes and array encodings of ``tail --json`` (:mod:`pipebit._render`).
 
     Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
     """
@@ -166,6 +120,11 @@ def _from_json(obj: dict[str, Any]) -> Any:
             return base64.b64decode(obj[BYTES_KEY], validate=True)
         except ValueError as exc:  # binascii.Error; or text that is not ASCII
             raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
+    if len(obj) == 1 and ARRAY_KEY in obj:
+        try:
+            return array_from_json(obj[ARRAY_KEY])
+        except (ValueError, ImportError) as exc:  # ImportError: NumpyMissingError
+            raise argparse.ArgumentTypeError(f'not an array in a "{ARRAY_KEY}" ({exc})') from None
     return obj
 
 
@@ -239,8 +198,8 @@ def _emit(packets: list[Any], as_json: bool, name: str) -> None:
     error: _Failure | None = None
     for packet in packets:
         try:
-            lines.append(_format(packet, as_json) + "\n")
-        except _Unprintable as exc:
+            lines.append(format_packet(packet, as_json) + "\n")
+        except Unprintable as exc:
             error = _Failure(f"a packet of pipe {name!r} cannot be printed{' as JSON' if as_json else ''}: {exc}")
             break
     if lines:
@@ -381,7 +340,9 @@ def cmd_stat(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Print a pipe's packets as they arrive, one per line, until Ctrl-C.
 
-    Python reprs, or JSON lines with --json (bytes as {"$bytes": "<base64>"},
+    Python reprs (a numpy array as its shape and dtype), or JSON lines with --json
+    (bytes as {"$bytes": "<base64>"}; arrays, whole, as {"$array": {"dtype": "<f4",
+    "shape": [2, 3], "data": "<base64>"}}, data in C order and dtype's byte order;
     dict keys that are not text as their reprs).  Ctrl-C (or SIGTERM) detaches
     and exits with status 0.  A packet that cannot be printed (JSON has no NaN)
     ends tail with status 1, after the packets before it.  tail attaches a
@@ -419,7 +380,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send each JSON array as one packet to an existing pipe; wait until all are in it.
 
-    Bytes are written {"$bytes": "<base64>"}, as tail --json prints them.  If any
+    Bytes are written {"$bytes": "<base64>"}, and numpy arrays {"$array": {"dtype":
+    "<f4", "shape": [2, 3], "data": "<base64>"}} (numpy needed), as tail --json
+    prints them.  If any
     argument is not a JSON array a pipe can carry, nothing is sent and the exit
     status is 2; if this pipe refuses one (too long, or too big), nothing is sent
     and the exit status is 1.

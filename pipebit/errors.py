@@ -22,6 +22,7 @@ Every error also subclasses the builtin a caller would try first, so
      └── PipeFormatError                            the segment is not a PipeBit pipe we can read
           ├── ModelMismatchError   (ValueError)     a Safe endpoint met a Fast pipe, or the reverse
           └── CorruptPacketError                    bytes in the pipe do not decode to a packet
+               └── NumpyMissingError (ImportError)  a packet holds an array, and this receiver has no numpy
 
 Messages name the pipe and say whose fault the error is: the caller's argument,
 the caller's own earlier action, a peer process, or the segment's contents.
@@ -38,6 +39,7 @@ __all__ = [
     "InvalidNameError",
     "ModelMismatchError",
     "NoSpaceError",
+    "NumpyMissingError",
     "PacketSizeError",
     "PacketTypeError",
     "PipeBitError",
@@ -133,6 +135,16 @@ class ModelMismatchError(PipeFormatError, ValueError):
 
 class CorruptPacketError(PipeFormatError):
     """Bytes read from the pipe do not decode to a valid packet."""
+
+
+class NumpyMissingError(CorruptPacketError, DependencyError):
+    """A packet holds a numpy array, and this receiver cannot import numpy (``pip install 'pipebit[numpy]'``).
+
+    Raised by ``receive()`` once, after the packets it could decode: a packet holding an
+    array is lost to this receiver, and only that packet (the others of its record
+    arrive, the next call goes on after it).  It is also a :class:`DependencyError`
+    (and so an ``ImportError``) naming what to install: a receiver that may meet
+    arrays needs numpy, like their sender."""
 
 
 class PipeBitWarning(UserWarning):

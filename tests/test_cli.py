@@ -267,6 +267,40 @@ def test_tail_json_lines_with_bytes(name: str, reaper: Reaper) -> None:
     assert tail.interrupt() == (0, "")
 
 
+@both_transports
+def test_tail_shows_arrays_by_shape_and_dtype_and_as_json_whole(name: str, reaper: Reaper) -> None:
+    np = pytest.importorskip("numpy")
+    frame = np.arange(1080 * 1920 * 3, dtype=np.uint64).astype(np.uint8).reshape(1080, 1920, 3)
+    small = np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3))
+    packet = [frame, {"small": small, "n": np.float32(0.5)}, [np.zeros((0,), "<U2")]]
+    with pipebit.SafeSender(name, 0, capacity=16 << 20) as sender:
+        sender.send(packet)
+        sender.flush(timeout=30)
+        plain = Cli(reaper, "tail", "-n", "1", name)
+        as_json = Cli(reaper, "tail", "--json", "-n", "1", name)
+        assert plain.take(1) == [
+            "[array(shape=(1080, 1920, 3), dtype=uint8), {'small': array(shape=(2, 3), dtype='>i4'), 'n': 0.5}, "
+            "[array(shape=(0,), dtype='<U2')]]"
+        ]
+        got = json.loads(as_json.take(1)[0])
+    assert got[0]["$array"]["dtype"] == "|u1"
+    assert got[0]["$array"]["shape"] == [1080, 1920, 3]
+    assert base64.b64decode(got[0]["$array"]["data"]) == frame.tobytes()
+    assert got[1] == {
+        "small": {
+            "$array": {
+                "dtype": ">i4",
+                "shape": [2, 3],
+                "data": base64.b64encode(np.ascontiguousarray(small).tobytes()).decode(),
+            }
+        },
+        "n": 0.5,
+    }
+    assert got[2] == [{"$array": {"dtype": "<U2", "shape": [0], "data": ""}}]
+    assert plain.interrupt() == (0, "")
+    assert as_json.interrupt() == (0, "")
+
+
 def test_tail_n_larger_than_any_pipe_prints_all_retained(name: str, reaper: Reaper) -> None:
     stale_pipe(reaper, name, 3)
     tail = Cli(reaper, "tail", "-n", "1" * 30, name)  # more than a C ssize_t holds
@@ -382,6 +416,18 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
     assert [p[0] for p in got] == list(range(len(got)))  # the ring's packets, and not ["late"]
 
 
+def test_send_reads_arrays_the_way_tail_json_writes_them(name: str) -> None:
+    np = pytest.importorskip("numpy")
+    sent = np.arange(6, dtype=">f4").reshape(2, 3)
+    spec = {"dtype": ">f4", "shape": [2, 3], "data": base64.b64encode(sent.tobytes()).decode()}
+    with pipebit.SafeReceiver(name, 0) as receiver:
+        result = run("send", name, json.dumps([{"$array": spec}, {"$array": {**spec, "shape": [6]}}]))
+        assert (result.returncode, result.stderr) == (0, "")
+        [[got, flat]] = receiver.receive(timeout=10)
+    assert (got.dtype.str, got.shape, got.tobytes()) == (">f4", (2, 3), sent.tobytes())
+    assert flat.shape == (6,)
+
+
 @both_transports
 @pytest.mark.parametrize(
     ("packet", "message"),
@@ -394,8 +440,25 @@ def test_send_waits_for_delivery_and_gives_up_after_timeout(name: str) -> None:
         ("[" + "1" * 5000 + "]", "5000 digits"),
         ('["\\ud800"]', "not valid Unicode"),  # a JSON escape of half a surrogate pair
         ('["caf\udce9"]', "not UTF-8"),  # the byte 0xe9 alone: argv decodes it to a surrogate
+        ('[{"$array": [1]}]', 'exactly "dtype", "shape" and "data"'),
+        ('[{"$array": {"dtype": "|O8", "shape": [1], "data": "AAAAAAAAAAA="}}]', "not one PipeBit sends"),
+        ('[{"$array": {"dtype": "<i4", "shape": [2], "data": "AAAA"}}]', "does not fit its 3 bytes"),
+        ('[{"$array": {"dtype": "<i4", "shape": [-1], "data": ""}}]', "whole numbers >= 0"),
     ],
-    ids=["bad-json", "object", "number", "bad-base64", "deep", "huge-int", "surrogate-escape", "latin-1-byte"],
+    ids=[
+        "bad-json",
+        "object",
+        "number",
+        "bad-base64",
+        "deep",
+        "huge-int",
+        "surrogate-escape",
+        "latin-1-byte",
+        "array-not-an-object",
+        "array-object-dtype",
+        "array-short-data",
+        "array-negative-shape",
+    ],
 )
 def test_send_refuses_what_is_not_a_json_array(name: str, packet: str, message: str) -> None:
     with pipebit.SafeReceiver(name, 0) as receiver:
