@@ -46,7 +46,7 @@ def run(
 @pytest.fixture
 def free_pipes() -> Iterator[None]:
     """The examples' pipe names are free before, and removed after, each test."""
-    names = ("data_pipe", "fan_out_demo")
+    names = ("data_pipe", "fan_out_demo", "camera_demo")
     for name in names:
         try:
             pipebit.remove(name)
@@ -127,3 +127,11 @@ def test_fan_out_example(free_pipes: None) -> None:
     # Three processes print at once: their lines may interleave, so find the reports, not lines.
     reports = re.findall(r"receiver (\d): all 10000 packets, in order", result.stdout)
     assert sorted(reports) == ["0", "1", "2"]
+
+
+def test_camera_example(free_pipes: None) -> None:
+    pytest.importorskip("numpy")
+    result = run("camera.py", "--frames", "30")
+    assert result.returncode == 0, result.stderr
+    assert "viewer: 30 frames, all intact" in result.stdout
+    assert "camera: 30 frames sent" in result.stdout
