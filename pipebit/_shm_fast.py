@@ -48,11 +48,13 @@ def _attach(
     override: bool,
     create: bool,
     log: Log | None,
+    init: Callable[[Pipe, int], None] | None = None,
 ) -> tuple[Pipe, Slot]:
     return attach(
         name,
         L.MODEL_FAST,
         role,
+        init=init,
         capacity=None if slot_size is None else L.fast_capacity(slot_size),
         packet_len=packet_len,
         override=override,
@@ -201,8 +203,24 @@ class ShmFastReader(Attachment):
     """A receiver of a Fast pipe in shared memory: the newest value it has not returned yet."""
 
     def __init__(self, name: str, *, start: str, slot_size: int | None, create: bool, log: Log | None) -> None:
+        seen = [0]
+
+        def place(pipe: Pipe, base: int) -> None:
+            # "new": the value current when the slot is published is not new.  Read here, before
+            # the slot shows (a tool that sees this receiver attached, and then publishes, is
+            # sure its value counts as new); read after, a value published in between was lost.
+            if start == "new":
+                seen[0] = pipe.words[L.F_LATEST]
+
         pipe, slot = _attach(
-            name, L.ROLE_RECEIVER, slot_size=slot_size, packet_len=None, override=False, create=create, log=log
+            name,
+            L.ROLE_RECEIVER,
+            slot_size=slot_size,
+            packet_len=None,
+            override=False,
+            create=create,
+            log=log,
+            init=place,
         )
         try:
             self._semaphore = pipe.slot_semaphore(slot.index)
@@ -215,7 +233,7 @@ class ShmFastReader(Attachment):
         self.slot_size = L.fast_slot_size(pipe.capacity)
         self._count = slot.base + L.S_COUNT
         self._returned = 0
-        self._last = self._words[L.F_LATEST] if start == "new" else 0
+        self._last = seen[0]
         self._stopped = False
         # One reader of the register at a time: receive() may be called from several threads.
         read_lock = threading.Lock()
