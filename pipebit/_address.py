@@ -126,6 +126,11 @@ def _split(url: str, what: str) -> tuple[Server, list[str]]:
         raise InvalidNameError(f"{what} {shown!r} is not a Redis URL: {URL_FORM}")
     if not parts.hostname:
         raise InvalidNameError(f"{what} {shown!r} names no host: {URL_FORM}")
+    if ":" not in parts.hostname:  # not an IPv6 address: a host name must have an IDNA form to be looked up
+        try:
+            parts.hostname.encode("idna")
+        except UnicodeError as exc:
+            raise InvalidNameError(f"{what} {shown!r} names a host that cannot be looked up ({exc})") from None
     if parts.query or parts.fragment:
         raise InvalidNameError(f"{what} {shown!r}: query strings and fragments are not supported")
     segments = [urllib.parse.unquote(s) for s in parts.path.split("/")[1:]]

@@ -81,11 +81,18 @@ def test_a_url_or_pipebit_url_selects_redis_and_the_classes_stay_the_same(
         "redis://localhost/0/bad name",
         "redis://localhost/0/p?db=1",
         "redis://localhost/x/p",
+        "redis://h\udcff/0/p",  # a host with no IDNA form: redis-py's connect raised UnicodeError
+        "redis://" + "a" * 64 + "/0/p",  # a DNS label over 63 characters: the same
     ],
 )
 def test_wrong_urls_are_invalid_names(bad: str) -> None:
     with pytest.raises(pipebit.InvalidNameError):
         pipebit.SafeSender(bad, 0)
+
+
+def test_a_server_url_whose_host_cannot_be_looked_up_is_an_invalid_name() -> None:
+    with pytest.raises(pipebit.InvalidNameError, match="cannot be looked up"):
+        pipebit.list_pipes("redis://h\udcff/0")
 
 
 def test_a_wrong_pipebit_url_is_an_invalid_name(monkeypatch: pytest.MonkeyPatch) -> None:
