@@ -57,14 +57,13 @@ from ._limits import (
     check_timeout,
     wrong_length,
 )
-from ._receive_cache import READ_BYTES, ReceiveCache
+from ._receive_cache import ReceiveCache
 from ._send_queue import SendQueue
 from ._worker import Worker
 from .errors import PipeClosedError, PipeTimeoutError, UndeliveredPacketsWarning
 
 STARTS = SAFE_STARTS
 __all__ = ["BitPackReceiver", "BitPackSender", "SafeReceiver", "SafeSender"]
-_ = (QUEUE_BYTES, READ_BYTES)  # the bounds tests and tools read here
 
 
 class SafeSender(SendQueue):

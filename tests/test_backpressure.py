@@ -19,7 +19,7 @@ import pytest
 
 import pipebit
 from pipebit import _layout as L
-from pipebit import _shm, safe
+from pipebit import _limits, _shm
 
 from .conftest import Reaper
 from .helpers import Child
@@ -226,7 +226,7 @@ def test_the_send_queue_keeps_both_bounds_with_threads_and_mixed_sizes(name: str
     for thread in range(2):
         assert [p[1] for p in got if p[0] == thread] == list(range(len(sizes)))
         assert [len(p[2]) for p in got if p[0] == thread] == sizes
-    queue_bytes = min(1 << 17, safe.QUEUE_BYTES)
+    queue_bytes = min(1 << 17, _limits.QUEUE_BYTES)
     assert all(counted == really for _, counted, really in seen)
     assert max(count for count, _, _ in seen) <= queue_size
     assert all(nbytes <= queue_bytes or count == 1 for count, nbytes, _ in seen), max(seen, key=lambda s: s[1])

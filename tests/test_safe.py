@@ -331,7 +331,7 @@ def test_big_packets_come_a_few_per_receive_call_and_all_in_order(name: str) -> 
     # so that an application does not free many megabytes at once; nothing is skipped.
     # max_cached_bytes=1 keeps the read-ahead thread to one record, so the packets wait
     # in the ring for receive() to read itself.
-    from pipebit import safe
+    from pipebit import _receive_cache
 
     big = 400_000
     with (
@@ -351,4 +351,4 @@ def test_big_packets_come_a_few_per_receive_call_and_all_in_order(name: str) -> 
     assert [p[0] for p in packets] == list(range(12))
     assert all(p[1] == bytes([p[0]]) * big for p in packets)
     # Each call holds at most what reaches READ_BYTES plus the record that crossed it.
-    assert all(len(call) * big <= safe.READ_BYTES + 2 * big for call in calls), [len(c) for c in calls]
+    assert all(len(call) * big <= _receive_cache.READ_BYTES + 2 * big for call in calls), [len(c) for c in calls]
