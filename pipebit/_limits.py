@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, List, Union
+from typing import Any, List, Tuple, Union
 
 from . import _layout as L
 from .errors import ArgumentTypeError, CapacityMismatchError, InvalidArgumentError, InvalidNameError, PacketSizeError
 
 Packet = List[Any]
 """What a receiver gets: one packet, a list."""
-Sendable = Union[List[Any], "tuple[Any, ...]"]
+Sendable = Union[List[Any], Tuple[Any, ...]]
 """What ``send()`` takes: a list or a tuple."""
 
 # ------------------------------------------------------------------ defaults

@@ -198,9 +198,6 @@ class RedisSafeReader(RedisMember):
         self._read += len(packets)
         return packets
 
-    def available(self) -> bool:
-        return bool(self._fetched)
-
     def wait(self, timeout: float) -> bool:
         """Check in and fetch entries after the position, waiting on the server up to ``timeout``
         (at most a second, so that this receiver checks in that often); ``True`` if some came."""

@@ -130,7 +130,8 @@ class SendQueue(Endpoint):
         """
         now = _monotonic_ns()
         writer = self._writer
-        if now - self._last_direct < SPARSE_NS or writer is None or not writer.commit_now(ONE_PACKET, 1, encoded):
+        assert writer is not None  # send() found the sender healthy, under this same mutex
+        if now - self._last_direct < SPARSE_NS or not writer.commit_now(ONE_PACKET, 1, encoded):
             self._last_direct = now
             return False
         self._last_direct = _monotonic_ns()  # the gap to the next send() counts from here

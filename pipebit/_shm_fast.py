@@ -182,6 +182,10 @@ class ShmFastWriter(Attachment):
         """Values published over this connection: every publication adds 2 to the stamp."""
         return (self._stamp - self._first_stamp) // 2
 
+    def pending(self) -> int:
+        """Nothing waits: publish() publishes before it returns."""
+        return 0
+
     def flush(self, timeout: float | None) -> None:
         """Every value is published before :meth:`publish` returns: nothing to wait for."""
 

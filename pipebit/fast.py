@@ -142,8 +142,9 @@ class FastSender(Endpoint):
 
     def _counters(self) -> tuple[int, int]:
         writer = self._writer
-        published = writer.published() if writer is not None else 0
-        return self._sent_before + published, getattr(writer, "pending", lambda: 0)()
+        if writer is None:
+            return self._sent_before, 0
+        return self._sent_before + writer.published(), writer.pending()
 
     def _size_text(self) -> str:
         writer = self._writer
