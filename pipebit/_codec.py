@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 import msgpack
 
 from ._arrays import EXT_NDARRAY, pack_numpy, unpack_array
-from ._limits import Packet
+from ._limits import Packet, Sendable, too_big, wrong_length
 from .errors import CorruptPacketError, NumpyMissingError, PacketSizeError, PacketTypeError
 
 EXT_BIG_INT = 1
@@ -134,6 +134,24 @@ def raise_encoding_error(exc: Exception) -> NoReturn:
     if error is exc:
         raise exc
     raise error from exc
+
+
+def encode_update(
+    data: Sendable, pack: Callable[[object], bytes], packet_len: int, slot_size: int, shown: str
+) -> bytes:
+    """The checks and encoding of one Fast update (its top-level type already checked):
+    the pipe's packet length, what PipeBit can carry, the slot's size.  ``pack`` is the
+    sender's packer, called under its send lock.  (The shared-memory back-end runs the
+    same checks inline on its hot path.)"""
+    if packet_len and len(data) != packet_len:
+        raise wrong_length(shown, packet_len, len(data))
+    try:
+        encoded = pack(data)
+    except Exception as exc:
+        raise_encoding_error(exc)
+    if len(encoded) > slot_size:
+        raise too_big(shown, len(encoded), slot_size, what="slot_size", setting=slot_size)
+    return encoded
 
 
 def encode(packet: object) -> bytes:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import _codec
 from . import _redis as R
 from ._address import RedisPipe
-from ._limits import DEFAULT_FLUSH_TIMEOUT, DEFAULT_SLOT_SIZE, Packet
+from ._limits import DEFAULT_FLUSH_TIMEOUT, DEFAULT_SLOT_SIZE, Packet, Sendable
 from ._redis_member import Log, RedisMember, retry_wait
 from ._worker import Worker
 from .errors import CorruptPacketError, PipeTimeoutError
@@ -31,11 +31,11 @@ STALE_REPLY = 0.5  # s: a reply this much later than the server could have sent 
 
 
 class RedisFastWriter(RedisMember):
-    """A sender of a Fast pipe on a Redis server: :meth:`publish` hands the value to a thread.
+    """A sender of a Fast pipe on a Redis server: :meth:`send` hands the value to a thread.
 
     The thread publishes the newest value it holds, one round trip at a time, and
     again once reconnected after the server was lost; a value replaced before its
-    turn is skipped, as a slow reader would skip it.  ``publish()`` never waits for
+    turn is skipped, as a slow reader would skip it.  ``send()`` never waits for
     the server: not for a round trip, not for a dropped network.
     """
 
@@ -51,9 +51,13 @@ class RedisFastWriter(RedisMember):
         create: bool,
         log: Log | None,
         send_lock: threading.RLock,
+        pack: Callable[[object], bytes],
+        on_closed: Callable[[], object],
     ) -> None:
         super().__init__(address, "sender", create, log)
         self._send_lock = send_lock
+        self._pack, self._on_closed = pack, on_closed
+        self.closed = False
         _, self.packet_len = self.join(
             size=slot_size, default=DEFAULT_SLOT_SIZE, packet_len=packet_len, override=override
         )
@@ -64,11 +68,19 @@ class RedisFastWriter(RedisMember):
         self._worker = Worker(f"pipebit-{self.name}-sender", self._publish_newest)
         self._worker.start()
 
-    def publish(self, encoded: bytes) -> None:
-        """Leave ``encoded`` for the thread to publish (replacing a value not yet published),
-        and let go of the send lock (held by the caller).  Receivers wait on the server
-        itself: there is no one to wake."""
+    def send(self, data: Sendable) -> None:
+        """The whole of ``FastSender.send()`` over Redis: check and encode ``data``, and leave
+        it for the thread to publish (replacing a value not yet published).  Receivers wait
+        on the server itself: there is no one to wake."""
+        kind = data.__class__
+        if kind is not list and kind is not tuple and not isinstance(data, (list, tuple)):
+            raise _codec.not_a_packet(data)
+        lock = self._send_lock
         try:
+            lock.acquire()  # inside the try: see ShmFastWriter.send()
+            if self.closed:
+                self._on_closed()  # raises the face's PipeClosedError
+            encoded = _codec.encode_update(data, self._pack, self.packet_len, self.slot_size, self.shown)
             self._worker.check()
             with self._cond:
                 self._stamp += 1
@@ -77,7 +89,8 @@ class RedisFastWriter(RedisMember):
                 if idle:
                     self._cond.notify_all()
         finally:
-            self._send_lock.release()
+            if lock._is_owned():  # type: ignore[attr-defined]  # private, but what Condition uses too
+                lock.release()
 
     def published(self) -> int:
         return self._sent
@@ -124,10 +137,10 @@ class RedisFastWriter(RedisMember):
             self._sent += 1
 
     def _publish_newest(self, stopping: threading.Event) -> None:
-        """The background thread: publish the newest value publish() left, and check in every second.
+        """The background thread: publish the newest value send() left, and check in every second.
 
-        It talks to the server without holding the lock, so publish() never waits for
-        it; publish() only replaces the pending value, which keeps publications in order.
+        It talks to the server without holding the lock, so send() never waits for
+        it; send() only replaces the pending value, which keeps publications in order.
         """
         attempt = 0
         while True:
@@ -161,6 +174,7 @@ class RedisFastWriter(RedisMember):
     def close(self) -> bool:
         """Publish a value left to the thread (waiting up to 5 s), then leave; the value stays
         for later receivers.  Returns whether a value was lost (the server could not be reached)."""
+        self.closed = True
         worker = self._worker
         deadline = time.monotonic() + DEFAULT_FLUSH_TIMEOUT
         with self._cond:

@@ -18,7 +18,7 @@ from typing import Callable
 from . import _codec, _shm
 from . import _layout as L
 from ._attachment import Attachment
-from ._limits import DEFAULT_SLOT_SIZE, Packet
+from ._limits import DEFAULT_SLOT_SIZE, Packet, Sendable, too_big, wrong_length
 from ._pipe import Pipe, Slot, attach
 from ._ring import fence
 from .errors import CorruptPacketError, PipeBusyError, PipeClosedError
@@ -67,9 +67,7 @@ def _attach(
 class ShmFastWriter(Attachment):
     """A sender's lane of a Fast pipe in shared memory.
 
-    :meth:`publish` is called under the face's send lock (one writer per lane), and
-    releases it: that release is the memory barrier that orders "published" before
-    "anyone asleep?" (see ``docs/format.md``).
+    :meth:`send` is the sender's whole ``send()``: the face binds it at connect.
     """
 
     def __init__(
@@ -82,6 +80,8 @@ class ShmFastWriter(Attachment):
         create: bool,
         log: Log | None,
         send_lock: threading.RLock,
+        pack: Callable[[object], bytes],
+        on_closed: Callable[[], object],
     ) -> None:
         pipe, slot = _attach(
             name, L.ROLE_SENDER, slot_size=slot_size, packet_len=packet_len, override=override, create=create, log=log
@@ -99,7 +99,9 @@ class ShmFastWriter(Attachment):
         self.pipe, self.slot, self.shown = pipe, slot, name
         self._words, self._data = words, pipe.data
         self._send_lock = send_lock
-        self._unlock = send_lock.release
+        self._lock, self._unlock = send_lock.acquire, send_lock.release
+        self._owned = send_lock._is_owned  # type: ignore[attr-defined]  # private, but what Condition uses too
+        self._pack, self._on_closed = pack, on_closed
         self.slot_size = L.fast_slot_size(pipe.capacity)
         self.packet_len = int(pipe.header[L.PACKET_LEN])
         self._count = slot.base + L.S_COUNT
@@ -142,17 +144,43 @@ class ShmFastWriter(Attachment):
             return lane
         raise PipeBusyError(f"Fast pipe {name!r} already has {L.LANES} live senders; close one first")
 
-    def publish(self, encoded: bytes) -> None:
-        """Make ``encoded`` the pipe's current value, and let go of the send lock (held by the
-        caller); then wake receivers asleep waiting for a value."""
+    def send(self, data: Sendable) -> None:
+        """The whole of ``FastSender.send()`` over shared memory: the checks and encoding of
+        :func:`pipebit._codec.encode_update`, inline, then a seqlock write of this lane and one
+        store of ``latest``; then wake receivers asleep waiting for a value.
+
+        The face binds this method as the sender's ``send`` when it connects: one call per
+        update, where the face's checks and a call into the back-end would cost two (the
+        update rate of a Fast pipe is the cost of this path).  The face's send lock makes the
+        threads of one sender take turns on the lane; releasing it is the memory barrier that
+        orders "published" before "anyone asleep?" (see ``docs/format.md``, Waiting).
+        """
         # The hot path: every line here is paid per update.
+        kind = data.__class__
+        if kind is not list and kind is not tuple and not isinstance(data, (list, tuple)):
+            raise _codec.not_a_packet(data)
+        # The lock is taken inside the try, so that an exception a signal handler raises as
+        # acquire() returns does not leave it held (see SafeSender.send()).
         try:
+            self._lock()
+            if self.closed:
+                self._on_closed()  # raises the face's PipeClosedError
+            required = self.packet_len
+            if required and len(data) != required:
+                raise wrong_length(self.shown, required, len(data))
+            try:
+                encoded = self._pack(data)
+            except Exception as exc:
+                _codec.raise_encoding_error(exc)
+            n = len(encoded)
+            if n > self.slot_size:
+                raise too_big(self.shown, n, self.slot_size, what="slot_size", setting=self.slot_size)
             self._stamp = stamp = self._stamp + 2
             seq, length, write_ns, start, publish_bits = self._targets[(stamp >> 1) & 1]
             words = self._words
             words[seq] = stamp - 1  # odd: being written
-            self._data[start : start + len(encoded)] = encoded
-            words[length] = len(encoded)
+            self._data[start : start + n] = encoded
+            words[length] = n
             words[write_ns] = _time_ns()
             words[seq] = stamp  # even: complete
             words[_LATEST] = (stamp << 8) | publish_bits  # publish
@@ -160,10 +188,11 @@ class ShmFastWriter(Attachment):
                 header = self.pipe.header
                 header[self._count] = self.published()
                 self.packet_len = header[L.PACKET_LEN]
-        finally:
-            # Releasing a lock is an atomic read-modify-write, a full barrier on the CPUs we
-            # run on: it orders "published" before "anyone asleep?" (see format.md, Waiting).
             self._unlock()
+        except BaseException:
+            if self._owned():
+                self._unlock()
+            raise
         try:
             sleepers = words[_SLEEPERS]
         except ValueError:  # another thread closed this sender since: nothing to wake
@@ -183,11 +212,11 @@ class ShmFastWriter(Attachment):
         return (self._stamp - self._first_stamp) // 2
 
     def pending(self) -> int:
-        """Nothing waits: publish() publishes before it returns."""
+        """Nothing waits: send() publishes before it returns."""
         return 0
 
     def flush(self, timeout: float | None) -> None:
-        """Every value is published before :meth:`publish` returns: nothing to wait for."""
+        """Every value is published before :meth:`send` returns: nothing to wait for."""
 
     def close(self) -> bool:
         """Give the lane and the slot back; the value stays for later receivers.  Call with

@@ -21,7 +21,7 @@ from typing import Any, Callable, Protocol
 
 from . import _inspect, _pipe
 from ._address import Address, RedisPipe, env_server, parse, parse_server
-from ._limits import Packet
+from ._limits import Packet, Sendable
 from ._shm_fast import ShmFastReader, ShmFastWriter
 from ._shm_safe import ShmSafeReader, ShmSafeWriter
 from ._stats import EndpointStats, PipeStats
@@ -120,11 +120,14 @@ class FastWriter(Backend, Protocol):
     slot_size: int
     packet_len: int
 
-    def publish(self, encoded: bytes) -> None:
-        """Make ``encoded`` the current value, never waiting.  Called with the face's send
-        lock held, which it releases however it ends, then wakes receivers asleep waiting
-        for a value.  (One call per update, where a lock and a wake-up need to be on either
-        side of the release: the update rate of a Fast pipe is the cost of this path.)"""
+    def send(self, data: Sendable) -> None:
+        """The whole of ``FastSender.send()`` for this transport, which the face binds as the
+        sender's ``send`` at connect: one call per update (the update rate of a Fast pipe is
+        the cost of this path).  It checks and encodes ``data`` as
+        :func:`pipebit._codec.encode_update` does, under the face's send lock, makes it the
+        current value without waiting for receivers or the network, releases the lock however
+        it ends, then wakes receivers asleep waiting for a value.  Once closed it calls the
+        face's ``on_closed``, which raises."""
         ...
 
     def published(self) -> int:
@@ -214,7 +217,12 @@ def open_fast_writer(
     create: bool,
     log: Log | None,
     send_lock: threading.RLock,
+    pack: Callable[[object], bytes],
+    on_closed: Callable[[], object],
 ) -> FastWriter:
+    """A Fast sender's back-end.  Its ``send()`` takes ``send_lock`` (the face's, so that the
+    face can close under it), encodes with ``pack``, and calls ``on_closed`` (which raises
+    the face's :class:`PipeClosedError`) once the writer is closed."""
     options: dict[str, Any] = {
         "slot_size": slot_size,
         "packet_len": packet_len,
@@ -222,6 +230,8 @@ def open_fast_writer(
         "create": create,
         "log": log,
         "send_lock": send_lock,
+        "pack": pack,
+        "on_closed": on_closed,
     }
     if isinstance(address, RedisPipe):
         from ._redis_fast import RedisFastWriter  # noqa: PLC0415 - redis-py is optional: imported on first use

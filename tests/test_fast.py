@@ -669,6 +669,39 @@ def test_closed_endpoints_raise_and_reopen(name: str) -> None:
         receiver.close_connection()
 
 
+@both_transports
+def test_a_send_method_taken_before_close_raises_after_it_and_subclasses_override_send(name: str) -> None:
+    """While connected, the back-end's send() stands in for FastSender.send (one call per
+    update); a reference to it taken before close_connection() must still say the sender is
+    closed, never write to a pipe it left.  A subclass's own send() is not bypassed."""
+    sender = pipebit.FastSender(name, 0)
+    send = sender.send
+    sender.close_connection()
+    with pytest.raises(pipebit.PipeClosedError, match="close_connection"):
+        send([1])
+    with pytest.raises(pipebit.PacketTypeError):  # the type is checked first, closed or not
+        send("not a packet")  # type: ignore[arg-type]
+    sender.open_connection()
+    try:
+        sender.send([2])
+        sender.flush()
+        with pipebit.FastReceiver(name, 0) as receiver:
+            assert receiver.receive(timeout=1) == [[2]]
+    finally:
+        sender.close_connection()
+
+    class Stamped(pipebit.FastSender):
+        def send(self, data: Any) -> None:
+            super().send([*data, "stamped"])
+
+    with Stamped(name, 0) as stamped, pipebit.FastReceiver(name, 0, start="new") as receiver:
+        stamped.send([3])
+        stamped.flush()
+        assert receiver.receive(timeout=5) == [[3, "stamped"]]
+        with pytest.raises(pipebit.PacketSizeError):
+            stamped.send([b"x" * (70 << 10)])  # the checks run on the subclass's path too
+
+
 def test_a_reconnecting_sender_writes_beside_the_published_value_and_keeps_count(name: str) -> None:
     """Each publication goes to the lane buffer readers are not told to read, also the
     first one after a reconnect or after another sender took the lane over; the sender's
