@@ -132,21 +132,28 @@ def _pack_array(np: Any, array: Any) -> Any:
     return msgpack.ExtType(EXT_NDARRAY, payload(array.dtype.str, array.shape, flat))
 
 
+def header(dtype_text: str, shape: Sequence[int]) -> bytes:
+    """An array's header: dtype and shape.  For a trusted array's fields (``ValueError`` only
+    for a dtype text or shape no header holds)."""
+    text = dtype_text.encode("ascii")
+    if not 1 <= len(text) <= MAX_DTYPE_TEXT or len(shape) > MAX_NDIM:
+        raise ValueError(f"no array has dtype {dtype_text!r} and {len(shape)} dimensions")
+    return bytes((len(text),)) + text + bytes((len(shape),)) + b"".join(n.to_bytes(8, "big") for n in shape)
+
+
 def payload(dtype_text: str, shape: Sequence[int], data: Any) -> bytes:
     """The extension payload of an array: its header, then ``data`` (a bytes-like object).
 
     For a trusted array's fields; anything else must go through :func:`unpack_array`
-    to be checked (``ValueError`` here only for a dtype text or shape no header holds).
+    to be checked.
     """
-    text = dtype_text.encode("ascii")
-    if not 1 <= len(text) <= MAX_DTYPE_TEXT or len(shape) > MAX_NDIM:
-        raise ValueError(f"no array has dtype {dtype_text!r} and {len(shape)} dimensions")
-    header = bytes((len(text),)) + text + bytes((len(shape),)) + b"".join(n.to_bytes(8, "big") for n in shape)
-    return b"".join((header, data))
+    return b"".join((header(dtype_text, shape), data))
 
 
-def unpack_array(data: bytes) -> Any:
-    """The array an extension payload holds, as a new writable ndarray; ``ValueError`` if it is not one."""
+def read_header(data: bytes) -> tuple[Any, tuple[int, ...], int, int]:
+    """``(dtype, shape, start, nbytes)`` of an array header at the start of ``data``: the
+    items begin at ``start`` and take ``nbytes``.  Checks everything but the items;
+    ``ValueError`` for a header that is not one PipeBit sends."""
     np = numpy_module()
     size = len(data)
     text_len = data[0] if size else 0
@@ -163,12 +170,27 @@ def unpack_array(data: bytes) -> Any:
     if ndim > MAX_NDIM or size < start:
         raise ValueError(f"array header of {ndim} dimensions does not fit its {size} bytes")
     shape = tuple(int.from_bytes(data[at : at + 8], "big") for at in range(2 + text_len, start, 8))
-    count = math.prod(shape)
-    if count * dtype.itemsize != size - start or max(shape, default=0) >= 1 << 62:
-        raise ValueError(f"array of shape {shape} and dtype {dtype.str} does not fit its {size - start} bytes of data")
+    if max(shape, default=0) >= 1 << 62:
+        raise ValueError(f"array of shape {shape} is larger than any array PipeBit sends")
+    return dtype, shape, start, math.prod(shape) * dtype.itemsize
+
+
+def check_items(dtype: Any, items: Any) -> None:
+    """``ValueError`` unless the bytes of a bool array (``items``, a uint8 array) are all 0 or 1."""
+    if dtype.kind == "b" and items.size and items.max() > 1:  # numpy's bools are the bytes 0 and 1 only
+        raise ValueError("a bool array holds a byte other than 0 and 1")
+
+
+def unpack_array(data: bytes) -> Any:
+    """The array an extension payload holds, as a new writable ndarray; ``ValueError`` if it is not one."""
+    np = numpy_module()
+    dtype, shape, start, nbytes = read_header(data)
+    if nbytes != len(data) - start:
+        raise ValueError(
+            f"array of shape {shape} and dtype {dtype.str} does not fit its {len(data) - start} bytes of data"
+        )
     array = np.empty(shape, dtype)  # numpy's own checks: a zero-size shape may still be too big for it
     items = array.reshape(-1).view(np.uint8)
-    items[:] = np.frombuffer(data, np.uint8, size - start, start)
-    if dtype.kind == "b" and count and items.max() > 1:  # numpy's bools are the bytes 0 and 1 only
-        raise ValueError("a bool array holds a byte other than 0 and 1")
+    items[:] = np.frombuffer(data, np.uint8, nbytes, start)
+    check_items(dtype, items)
     return array

@@ -24,7 +24,8 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 
 import msgpack
 
-from ._arrays import EXT_NDARRAY, pack_numpy, unpack_array
+from ._arrays import EXT_NDARRAY, numpy_module, pack_numpy, unpack_array
+from ._frames import Buffer, OutOfBand, decode_framed, frame, goes_out_of_band
 from ._limits import Packet, Sendable, too_big, wrong_length
 from .errors import CorruptPacketError, NumpyMissingError, PacketSizeError, PacketTypeError
 
@@ -80,6 +81,29 @@ def _pack_unsupported(obj: object) -> object:
         if packed is not None:
             return packed
     raise PacketTypeError(f"a packet cannot carry a value of type {type(obj).__name__!r}; it can carry {ALLOWED_TYPES}")
+
+
+def _pack_for_safe(obj: object) -> object:
+    """``default`` hook of a Safe sender's packer: a large array makes the packet a framed
+    record (:mod:`pipebit._frames`); everything else as :func:`_pack_unsupported`."""
+    if goes_out_of_band(obj):
+        raise OutOfBand
+    return _pack_unsupported(obj)
+
+
+def new_safe_packer() -> Callable[[object], bytes]:
+    """Like :func:`new_packer`, for a Safe sender: it raises :class:`~pipebit._frames.OutOfBand`
+    for a packet holding a large array, which the sender then sends with :func:`frame_packet`."""
+    pack: Callable[[object], bytes] = msgpack.Packer(default=_pack_for_safe, use_bin_type=True).pack
+    return pack
+
+
+def frame_packet(packet: Sendable) -> tuple[list[Buffer], int]:
+    """The parts of the framed record holding ``packet``, and its length (see :func:`pipebit._frames.frame`)."""
+    try:
+        return frame(packet, _pack_unsupported)
+    except Exception as exc:
+        raise_encoding_error(exc)
 
 
 _local = threading.local()
@@ -264,8 +288,19 @@ def _damage_kind(exc: BaseException) -> type[CorruptPacketError]:
     return type(exc) if isinstance(exc, CorruptPacketError) else CorruptPacketError
 
 
-def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
-    """Decode a record's payload, a MessagePack array of ``count`` packets.
+def _hold_copy(payload: Buffer) -> Any:
+    """What out-of-band arrays view when the caller has no way to hold the payload: the
+    payload itself if it is immutable ``bytes``, else a copy of it."""
+    np = numpy_module()
+    return np.frombuffer(payload if type(payload) is bytes else bytes(payload), np.uint8)
+
+
+def decode_batch(
+    payload: Union[bytes, memoryview], count: int, hold: Callable[[Buffer], Any] | None = None
+) -> tuple[list[Packet], CorruptPacketError | None]:
+    """Decode a record's payload, a MessagePack array of ``count`` packets, or a framed record
+    (:mod:`pipebit._frames`), whose packets come back as ``Held`` lists viewing the
+    arrays through ``hold`` (by default: the payload if it is ``bytes``, else a copy).
 
     Returns ``(packets, None)`` when the record decodes whole.  When it does not,
     the packets are decoded one by one, and what comes back is every packet
@@ -280,6 +315,14 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
     for a packet at :data:`MAX_DEPTH`, so such a record takes the one-by-one path,
     where each packet gets the whole stack.
     """
+    if payload and payload[0] == 0xC9:  # a framed record (a plain one starts with an array header)
+        try:
+            return decode_framed(payload, count, hold or _hold_copy, _unpack_options, _unpack_ext), None  # type: ignore[return-value]
+        except Exception as exc:
+            return [], _damage_kind(exc)(
+                f"framed record of {count} packet(s) does not decode ({exc.__class__.__name__}: {exc}); "
+                f"{count} packet(s) lost"
+            )
     try:
         packets = _unpack(payload)
     except Exception:  # msgpack raises many types for bad input; the slow path says which

@@ -30,6 +30,8 @@ from typing import Any
 from . import _codec
 from . import _redis as R
 from ._address import RedisPipe
+from ._arrays import numpy_module
+from ._frames import Rest
 from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, Packet, max_packet_bytes
 from ._redis_member import Log, RedisMember, retry_wait
 from .errors import TransportError
@@ -96,7 +98,7 @@ class RedisSafeWriter(RedisMember):
             nap = min(nap * 2, FULL_NAP[1])
         return False
 
-    def commit_now(self, payload: bytes, count: int, rest: bytes = b"") -> bool:
+    def commit_now(self, payload: bytes, count: int, rest: Rest = b"") -> bool:
         """Never: a round trip is not something send() may wait for."""
         return False
 
@@ -128,6 +130,13 @@ class RedisSafeReader(RedisMember):
     """
 
     reads_in_caller = False
+    framed = False  # set by _hold()
+
+    def _hold(self, payload: Any) -> Any:
+        """What a framed record's arrays view: the entry's own bytes, which nothing can change."""
+        self.framed = True
+        np = numpy_module()
+        return np.frombuffer(payload if type(payload) is bytes else bytes(payload), np.uint8)
 
     def __init__(
         self,
@@ -188,7 +197,7 @@ class RedisSafeReader(RedisMember):
                 self._position = f"{start_bytes}-{start_seq}"  # an entry boundary: where the lost packets ended
                 break
             fetched.pop(0)
-            decoded, damage = _codec.decode_batch(payload, count)
+            decoded, damage = _codec.decode_batch(payload, count, self._hold)
             packets += decoded  # a damaged entry still yields the packets before the damage
             self.bytes_read += len(payload)
             self._position = end

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 from . import _codec, _shm
 from . import _layout as L
+from ._arrays import numpy_module
+from ._frames import Rest
 from ._pipe import Pipe, Slot
 from .errors import CorruptPacketError, PipeClosedError
 
@@ -81,11 +84,12 @@ class RingWriter:
         # Our slot's "waiting" flag says, for tools and other writers, that we sleep for room.
         self._flag = slot.base + L.S_WAITING if slot is not None else None
 
-    def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool], *, rest: bytes = b"") -> None:
+    def commit(self, payload: bytes, count: int, should_abort: Callable[[], bool], *, rest: Rest = b"") -> None:
         """Write ``payload + rest`` (a MessagePack array of ``count`` packets) as one record.
 
         ``rest`` lets a caller pass a large packet after its array header without
-        first joining them into one more copy of it.
+        first joining them into one more copy of it; it may be a list of buffers (the
+        parts of a framed record: the arrays' items are copied from where they lie).
 
         Blocks while attached receivers have not read the bytes it would overwrite;
         raises :class:`Aborted` when ``should_abort()`` turns true while blocked.
@@ -102,14 +106,14 @@ class RingWriter:
             _shm.sleep_on(self.pipe.writer_semaphore(), WRITER_NAP)
         self.pipe.wake_waiting_receivers()
 
-    def try_commit(self, payload: bytes, count: int, *, rest: bytes = b"") -> bool:
+    def try_commit(self, payload: bytes, count: int, *, rest: Rest = b"") -> bool:
         """Like :meth:`commit`, but never waits: ``False`` if the ring has no room right now."""
         placed = self._place(payload, count, rest, waiting=False)
         if placed or self._moved_head:
             self.pipe.wake_waiting_receivers()
         return placed
 
-    def _place(self, payload: bytes, count: int, rest: bytes, *, waiting: bool) -> bool:
+    def _place(self, payload: bytes, count: int, rest: Rest, *, waiting: bool) -> bool:
         """One attempt, under the writers' lock: write the record if there is room.
 
         With no room, a ``waiting`` writer flags itself as sleeping for room (so
@@ -121,7 +125,7 @@ class RingWriter:
         pipe = self.pipe
         h = pipe.header
         cap = self.capacity
-        size = len(payload) + len(rest)
+        size = len(payload) + (len(rest) if rest.__class__ is not list else sum(map(len, rest)))
         length = L.align(_RECORD_HEADER + size)
         flag = self._flag
         self._moved_head = False
@@ -149,9 +153,7 @@ class RingWriter:
                 data = pipe.data
                 _pack_record(data, offset, size, count, h[_PACKETS])
                 start = offset + _RECORD_HEADER
-                data[start : start + len(payload)] = payload
-                if rest:
-                    data[start + len(payload) : start + size] = rest
+                _write_body(data, start, payload, rest)
                 h[_PACKETS] += count
                 h[_LAST_WRITE_NS] = _time_ns()
                 h[_HEAD] = head + length  # publish: everything above is now visible
@@ -234,6 +236,18 @@ class RingWriter:
             self.pipe.free_dead_slot(holder)
 
 
+def _write_body(data: memoryview, start: int, payload: bytes, rest: Rest) -> None:
+    """Copy a record's payload, ``payload`` then ``rest``, into the ring at ``start``."""
+    end = start + len(payload)
+    data[start:end] = payload
+    if rest.__class__ is list:  # a framed record's parts: the arrays' items copied from where they lie
+        for part in rest:
+            data[end : end + len(part)] = part
+            end += len(part)
+    elif rest:
+        data[end : end + len(rest)] = rest  # type: ignore[assignment]  # bytes, here
+
+
 def start_position(pipe: Pipe, start: str) -> tuple[int, int]:
     """(cursor, next_seq) for a receiver attaching now with ``start``.  Call with the writers' lock held.
 
@@ -287,6 +301,13 @@ class RingReader:
         self.problem: Exception | None = None  # see read()
         self.semaphore = pipe.slot_semaphore(slot.index)
         _shm.drain(self.semaphore)  # posts meant for a previous holder of this slot
+        # Records whose bytes arrays returned by receive(copy=False) still view: position ->
+        # live holds.  The cursor writers see stays at the oldest of them (see _hold()).
+        self.framed = False
+        self._held: dict[int, int] = {}
+        self._held_lock = threading.Lock()
+        self._decoding_at = 0
+        self._let_go_at_last = False  # closed while views were out: the last one lets the slot go
 
     def available(self) -> bool:
         """Whether committed records are waiting to be read."""
@@ -353,8 +374,9 @@ class RingReader:
                 start = offset + _RECORD_HEADER
                 # Released on the way out even if decoding fails: an exception holding
                 # a view of the mapping would keep the segment from being unmapped.
+                self._decoding_at = cursor
                 with data[start : start + length] as payload:
-                    packets, damage = _decode_batch(payload, count)
+                    packets, damage = _decode_batch(payload, count, self._hold)
                 if out:
                     out += packets
                 else:
@@ -386,18 +408,73 @@ class RingReader:
         self.next_seq = next_seq
         h[base + _S_NEXT_SEQ] = next_seq
         h[base + _S_COUNT] += count
-        h[base + _S_CURSOR] = cursor  # the bytes below are now the writers' again
+        if self._held:  # views are out: the oldest viewed record is as far as writers may go
+            with self._held_lock:
+                h[base + _S_CURSOR] = self._shared_cursor()
+        else:
+            h[base + _S_CURSOR] = cursor  # the bytes below are now the writers' again
         if h[_WRITERS_WAITING]:
             self.pipe.writer_semaphore().release()
+
+    def _shared_cursor(self) -> int:
+        """The cursor writers must not pass: ours, or the oldest record views still hold."""
+        held = self._held
+        return min(self.cursor, *held) if held else self.cursor
+
+    def _hold(self, payload: Any) -> Any:
+        """For the framed record being decoded: a read-only uint8 array over its payload, for
+        its arrays to view.  No view may ever show bytes a writer has since overwritten,
+        whatever the application does with it: so the record stays unread (the shared
+        cursor stays at or below it) until that array and every array viewing it are gone,
+        which a finalizer reports (:meth:`_let_go`)."""
+        np = numpy_module()
+        base = np.frombuffer(payload.toreadonly(), np.uint8)
+        position = self._decoding_at
+        with self._held_lock:
+            self._held[position] = self._held.get(position, 0) + 1
+        weakref.finalize(base, self._let_go, position)
+        self.framed = True
+        return base
+
+    def _let_go(self, position: int) -> None:
+        """The last view of the record at ``position`` is gone (in whichever thread dropped it)."""
+        with self._held_lock:
+            left = self._held[position] - 1
+            if left:
+                self._held[position] = left
+                return
+            del self._held[position]
+            if self._let_go_at_last:  # closed meanwhile: the slot was kept for the views
+                if not self._held:
+                    self.pipe.release_slot(self.slot)
+                    self.pipe.close()
+                return
+            if self.pipe.closed:  # a forked child's copy: the parent owns the slot
+                return
+            h = self.pipe.header
+            h[self.slot.base + _S_CURSOR] = self._shared_cursor()
+            if h[_WRITERS_WAITING]:
+                self.pipe.writer_semaphore().release()
+
+    def close_when_unviewed(self) -> bool:
+        """Let the slot go now -- ``True`` -- or, while views of its records are out, when the
+        last of them is gone (the slot keeps holding writers back until then)."""
+        with self._held_lock:
+            if self._held:
+                self._let_go_at_last = True
+                return False
+        return True
 
     def wait(self, timeout: float) -> bool:
         """Sleep until a writer commits (or ``timeout`` seconds pass); ``True`` if data is there."""
         h = self.pipe.header
         base = self.slot.base
-        if h[base + _S_CURSOR] != self.cursor and h[base + _S_TOKEN] == self.slot.token:
+        with self._held_lock:
+            shared = self._shared_cursor()
+        if h[base + _S_CURSOR] != shared and h[base + _S_TOKEN] == self.slot.token:
             # Our shared cursor was overwritten: writers would wait on a position we are not
             # at, and we would sleep for ever.  Only this receiver knows where it is.
-            h[base + _S_CURSOR] = self.cursor
+            h[base + _S_CURSOR] = shared
             if h[_WRITERS_WAITING]:
                 self.pipe.writer_semaphore().release()
         flag = base + L.S_WAITING

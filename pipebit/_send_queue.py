@@ -26,6 +26,15 @@ from .errors import PipeClosedError, PipeTimeoutError
 # thread.  Calls in a tight loop come closer together than this and are batched.
 SPARSE_NS = 5_000
 ONE_PACKET = _codec.array_header(1)
+
+
+class Framed(bytes):
+    """A queued framed record (a packet holding a large array, :mod:`pipebit._frames`): the
+    snapshot of its whole payload, delivered as a record of its own, never in a batch."""
+
+    __slots__ = ()
+
+
 _monotonic_ns = time.monotonic_ns
 
 
@@ -56,12 +65,13 @@ class SendQueue(Endpoint):
     _abort: threading.Event
     _worker: Worker | None
     _writer: SafeWriter | None
+    _framed: int  # Framed records in the queue: _take_batch() ends a batch before each
 
     def _init_queue(self, queue_size: int) -> None:
         self._queue_size = queue_size
         self._set_mutex(threading.RLock())
         self._queue = collections.deque()
-        self._queued_bytes = self._credit = self._granted = 0
+        self._queued_bytes = self._credit = self._granted = self._framed = 0
         self._in_flight = self._sent = self._blocked = self._last_direct = 0
         self._worker_idle = self._healthy = False
         self._abort = threading.Event()
@@ -73,7 +83,7 @@ class SendQueue(Endpoint):
         self._writer = self._worker = None
         self._healthy = False
         self._queue = collections.deque()
-        self._queued_bytes = self._in_flight = self._credit = self._granted = 0
+        self._queued_bytes = self._in_flight = self._credit = self._granted = self._framed = 0
         self._set_mutex(threading.RLock())
 
     def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
@@ -91,6 +101,31 @@ class SendQueue(Endpoint):
             return
         queue.append(encoded)
         self._queued_bytes += n
+        if self._worker_idle:
+            self._worker_idle = False
+            self._cond.notify()
+        self._grant()
+
+    def _send_framed(self, data: object, timeout: float | None) -> None:
+        """send() for a packet holding a large array, under the mutex: a framed record of its
+        own.  With the queue empty and the delivery thread idle it goes straight into the
+        pipe if there is room -- the array's one copy; otherwise its snapshot is queued."""
+        parts, size = _codec.frame_packet(data)  # type: ignore[arg-type]  # send() checked the type
+        self._settle()
+        if size > self._max_packet:
+            raise too_big(self._shown, size, self._max_packet, what="capacity", setting=self._capacity_now)
+        queue = self._queue
+        writer = self._writer
+        assert writer is not None  # send() found the sender healthy, under this same mutex
+        if not queue and self._worker_idle and self._inline and writer.commit_now(b"", 1, parts):
+            self._sent += 1
+            return
+        if queue and self._no_room_for(size):
+            self._wait_for_room(size, timeout)
+            queue = self._queue
+        queue.append(Framed(b"".join(parts)))  # the snapshot: later changes to the array do not matter
+        self._queued_bytes += size
+        self._framed += 1
         if self._worker_idle:
             self._worker_idle = False
             self._cond.notify()
@@ -219,7 +254,8 @@ class SendQueue(Endpoint):
                 writer.idle()
                 continue
             if count == 1:  # often a big packet: spare it the copy a join would make
-                delivered = writer.commit_batch(ONE_PACKET, 1, abort, batch[0])
+                item = batch[0]
+                delivered = writer.commit_batch(b"" if type(item) is Framed else ONE_PACKET, 1, abort, item)
             else:
                 delivered = writer.commit_batch(_codec.join_batch(batch), count, abort)
             if not delivered:
@@ -234,6 +270,8 @@ class SendQueue(Endpoint):
         enough, else as many packets as fit ``batch_bytes`` (at least one)."""
         self._settle()
         queue = self._queue
+        if self._framed:  # a framed record is a batch of its own
+            return self._take_batch_to_framed(batch_bytes)
         if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
             batch, size = queue, self._queued_bytes  # all of it: swap, do not copy
             self._queue = collections.deque()
@@ -241,6 +279,24 @@ class SendQueue(Endpoint):
             batch = collections.deque([queue.popleft()])
             size = len(batch[0])
             while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+                item = queue.popleft()
+                batch.append(item)
+                size += len(item)
+        self._queued_bytes -= size
+        return batch
+
+    def _take_batch_to_framed(self, batch_bytes: int) -> collections.deque[bytes]:
+        """:meth:`_take_batch` with a framed record queued: the packets before it, or it alone."""
+        queue = self._queue
+        first = queue.popleft()
+        batch = collections.deque([first])
+        size = len(first)
+        if type(first) is Framed:
+            self._framed -= 1
+        else:
+            while queue and len(batch) < MAX_RECORD_PACKETS and type(queue[0]) is not Framed:
+                if size + len(queue[0]) > batch_bytes:
+                    break
                 item = queue.popleft()
                 batch.append(item)
                 size += len(item)

@@ -128,7 +128,13 @@ class Segment:
         """Release the mapping.  Views derived from :attr:`view` must be released first."""
         self.view.release()
         if self.buf is not None:
-            self.buf.close()
+            try:
+                self.buf.close()
+            except BufferError:
+                # Arrays a receiver returned as views of the pipe (receive(copy=False)) are
+                # alive, in a forked child that inherited them: the mapping stays theirs, and
+                # goes with the last of them.
+                pass
             self.buf = None
 
 

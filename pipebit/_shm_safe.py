@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from . import _layout as L
 from ._attachment import Attachment
+from ._frames import Rest
 from ._limits import DEFAULT_CAPACITY, max_packet_bytes
 from ._pipe import Pipe, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
@@ -75,7 +76,7 @@ class ShmSafeWriter(RingWriter, Attachment):
         self.packet_len = header[L.PACKET_LEN]  # another sender's override may change it
         return True
 
-    def commit_now(self, payload: bytes, count: int, rest: bytes = b"") -> bool:
+    def commit_now(self, payload: bytes, count: int, rest: Rest = b"") -> bool:
         """Write one batch if the ring has room right now; ``False`` if it has not."""
         if not self.try_commit(payload, count, rest=rest):
             return False
@@ -195,5 +196,6 @@ class ShmSafeReader(RingReader, Attachment):
         if pipe.header[L.WRITERS_WAITING]:  # our cursor no longer holds them back
             pipe.writer_semaphore().release()
         resume = (pipe.created_ns, returned[0], returned[1])
-        self.release()
+        if self.close_when_unviewed():
+            self.release()
         return resume

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 
 from . import _inspect, _pipe
 from ._address import Address, RedisPipe, env_server, parse, parse_server
+from ._frames import Rest
 from ._limits import Packet, Sendable
 from ._shm_fast import ShmFastReader, ShmFastWriter
 from ._shm_safe import ShmSafeReader, ShmSafeWriter
@@ -64,7 +65,7 @@ class SafeWriter(Backend, Protocol):
         the pipe has no room; ``False`` once ``abort`` is set (nothing delivered)."""
         ...
 
-    def commit_now(self, payload: bytes, count: int, rest: bytes = b"") -> bool:
+    def commit_now(self, payload: bytes, count: int, rest: Rest = b"") -> bool:
         """Deliver it only if that needs no waiting at all; ``False`` otherwise."""
         ...
 
@@ -82,6 +83,10 @@ class SafeReader(Backend, Protocol):
     """Damage or loss met by the last :meth:`read`, after the packets it returned."""
     bytes_read: int
     """What the last :meth:`read` took in the pipe, in bytes."""
+
+    framed: bool
+    """Whether a read has returned packets of a framed record (``Held`` lists whose large
+    arrays view the record: the face turns them into plain lists)."""
 
     def read(self, limit: int, byte_limit: int) -> list[Packet]:
         """Whole batches after the position, up to ``limit`` packets or ``byte_limit`` bytes

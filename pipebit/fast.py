@@ -261,12 +261,16 @@ class FastReceiver(Endpoint):
         reader = self._reader
         return f"slot_size={reader.slot_size}" if reader is not None else ""
 
-    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
+    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
         """``[newest packet]`` if a newer value was published since this receiver's last
         receive(), else ``[]``.
 
         With nothing new it waits for a new value: up to ``timeout`` seconds (default
         0.1), forever with ``None``, not at all with ``0``.
+
+        ``copy`` is accepted for the same calls as :meth:`SafeReceiver.receive`, but a
+        Fast value is always copied out (its buffer is overwritten by the next value but
+        one), so arrays are always the application's own.
         """
         # Readers poll with timeout=0 in tight loops: this is a hot path too.
         limit = (

@@ -37,6 +37,7 @@ import warnings
 from typing import Any, Iterator, Union
 
 from . import _codec, _transport
+from ._frames import Held, OutOfBand, release_views
 from ._limits import (
     DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_CACHED,
@@ -108,7 +109,7 @@ class SafeSender(SendQueue):
         self._override = check_flag(override, "override")
         self._capacity = check_capacity(capacity)
         self._flush_timeout = check_timeout(flush_timeout, "flush_timeout")
-        self._pack = _codec.new_packer()  # used under self._mutex only
+        self._pack = _codec.new_safe_packer()  # used under self._mutex only
         self._init_queue(check_count(queue_size, "queue_size", minimum=1))
         self.open_connection()
         self._override = False  # applies to the first connection only
@@ -225,7 +226,11 @@ class SafeSender(SendQueue):
             try:
                 encoded = self._pack(data)  # the snapshot: later changes to data do not matter
             except Exception as exc:
-                _codec.raise_encoding_error(exc)
+                if exc.__class__ is not OutOfBand:
+                    _codec.raise_encoding_error(exc)
+                self._send_framed(data, timeout)  # it holds a large array: a record of its own
+                self._unlock()
+                return
             # The common case in a stream: the packet fits the credit _grant() left, so the
             # queue has room, the packet is not too big and the delivery thread is awake.
             credit = self._credit - len(encoded)
@@ -402,7 +407,7 @@ class SafeReceiver(ReceiveCache):
         return f"capacity={getattr(reader, 'capacity', 0)}"
 
     # ------------------------------------------------------------- receiving
-    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT) -> list[Packet]:
+    def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
         """Return every packet received since the last call, oldest first (``[]`` if none).
 
         When none is waiting it waits for one: up to ``timeout`` seconds
@@ -416,7 +421,22 @@ class SafeReceiver(ReceiveCache):
         packets lost over Redis while this receiver could not check in, raise
         :class:`CorruptPacketError` or :class:`TransportError` once, after the
         packets before them have been returned; the next call goes on after them.
+
+        numpy arrays come back as arrays the application owns.  With ``copy=False``,
+        an array of at least 4 KiB comes back as a **read-only view of the pipe's own
+        memory** instead, with no copy: until the application drops it (and every array
+        derived from it), the pipe counts its bytes as unread, so no sender overwrites
+        them -- a receiver that keeps views holds its senders back, as one that does not
+        read does.  Over Redis the view is of the bytes the server sent.  Smaller arrays
+        are copied either way.
         """
+        packets = self._receive(timeout)
+        reader = self._reader
+        if packets and (reader is None or reader.framed):  # some packets may view the pipe
+            packets = [release_views(p, copy) if type(p) is Held else p for p in packets]
+        return packets
+
+    def _receive(self, timeout: float | None) -> list[Packet]:
         # A request/reply exchange pays this per packet: one mutex round on the way in
         # (which also takes the pipe when it is free) and one on the way out.
         limit = (
