@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ._endpoint import Endpoint
+from ._frames import Held, release_views
 from ._limits import Packet
 from ._transport import SafeReader
 from ._worker import Worker
@@ -33,6 +34,8 @@ HANDBACK = 0.02
 READ_BYTES = 1 << 20
 # How long a caching thread that may not read (its cache is full) waits between looks.
 BLOCKED_PAUSE = 0.5
+# How often a caching thread that holds views of the pipe looks whether a sender waits for room.
+VIEWS_SLICE = 0.02
 
 
 class ReceiveCache(Endpoint):
@@ -44,6 +47,7 @@ class ReceiveCache(Endpoint):
     _cache: list[Packet]
     _cached_bytes: int  # pipe bytes of the batches in the cache
     _reader_blocked: bool
+    _views_cached: bool  # the cache may hold packets viewing the pipe (framed records' arrays)
     _callers: int
     _waiters: int
     _last_call: float
@@ -74,7 +78,7 @@ class ReceiveCache(Endpoint):
         self._cache = []
         self._cached_bytes = self._callers = self._waiters = self._problem_at = 0
         self._last_call = 0.0
-        self._reader_blocked = False
+        self._reader_blocked = self._views_cached = False
         self._problem = self._problem_end = self._cache_start = None
 
     def _take_cache(self) -> list[Packet]:
@@ -88,6 +92,7 @@ class ReceiveCache(Endpoint):
             packets = self._cache
             self._cache = []
             self._cached_bytes = 0
+            self._views_cached = False
             return packets
         cut = self._problem_at
         if cut == 0:
@@ -182,6 +187,8 @@ class ReceiveCache(Endpoint):
                     with self._mutex:
                         if not self._cache:
                             self._cache_start = start
+                        if reader.framed and not self._views_cached:
+                            self._views_cached = any(type(p) is Held for p in packets)
                         self._cache += packets
                         self._cached_bytes += reader.bytes_read
                         if problem is not None:  # for receive() to raise after these packets
@@ -190,7 +197,25 @@ class ReceiveCache(Endpoint):
                         if self._waiters:
                             self._cond.notify_all()
                 elif not self._callers:
-                    reader.wait(SLEEP_SLICE)
+                    self._wait_for_data(reader)
+
+    def _wait_for_data(self, reader: SafeReader) -> None:
+        """The caching thread, with nothing to read: sleep until a writer commits.
+
+        Read ahead, a framed record's arrays stay views of the pipe until receive() hands
+        them over (with ``copy=False``, as views).  But a cache is not the application: it
+        must not hold senders back.  So while it holds views it looks every VIEWS_SLICE
+        whether a sender waits for room, and if one does, it copies them, letting their
+        records go.
+        """
+        if not self._views_cached:
+            reader.wait(SLEEP_SLICE)
+        elif not reader.writers_waiting():
+            reader.wait(VIEWS_SLICE)
+        else:
+            with self._mutex:
+                self._cache = [release_views(p, True) if type(p) is Held else p for p in self._cache]
+                self._views_cached = False
 
     def _room(self, in_caller: bool) -> tuple[int, int] | tuple[()] | None:
         """(packets, bytes) the caching thread may read now, ``()`` while the application reads

@@ -132,6 +132,10 @@ class RedisSafeReader(RedisMember):
     reads_in_caller = False
     framed = False  # set by _hold()
 
+    def writers_waiting(self) -> bool:
+        """Never: views are of entries already fetched, which hold no sender back."""
+        return False
+
     def _hold(self, payload: Any) -> Any:
         """What a framed record's arrays view: the entry's own bytes, which nothing can change."""
         self.framed = True

@@ -183,6 +183,9 @@ class ShmSafeReader(RingReader, Attachment):
             now = clock()
         return False
 
+    def writers_waiting(self) -> bool:
+        return bool(self.pipe.header[L.WRITERS_WAITING])
+
     def keepalive(self) -> None:
         """Nothing to keep up: liveness is the slot's kernel lock."""
 

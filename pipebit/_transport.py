@@ -88,6 +88,10 @@ class SafeReader(Backend, Protocol):
     """Whether a read has returned packets of a framed record (``Held`` lists whose large
     arrays view the record: the face turns them into plain lists)."""
 
+    def writers_waiting(self) -> bool:
+        """Whether a sender waits for room that records this reader holds would give it."""
+        ...
+
     def read(self, limit: int, byte_limit: int) -> list[Packet]:
         """Whole batches after the position, up to ``limit`` packets or ``byte_limit`` bytes
         (at least one batch); never waits."""
