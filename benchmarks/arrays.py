@@ -43,7 +43,10 @@ import pipebit
 SHAPE = (1080, 1920, 3)
 FRAME_BYTES = 1080 * 1920 * 3
 CAPACITY = 64 << 20  # a pipe for frames: 10 of them
-DISTINCT = 4  # distinct frames the sender cycles through
+# Distinct frames the sender cycles through, stamping each before it goes.  A
+# multiprocessing.Queue pickles in a feeder thread after put() returns, so a frame
+# must not change until it is taken: with at most 4 in a queue, 6 frames are enough.
+DISTINCT = 6
 MIB = 1 << 20
 
 
@@ -63,7 +66,7 @@ def check(frame: Any, seq: int) -> None:
     if int.from_bytes(flat[:8].tobytes(), "little") != seq or not (
         flat[8] == fill and flat[FRAME_BYTES // 2] == fill and flat[-1] == fill
     ):
-        raise SystemExit(f"frame {seq} arrived wrong")
+        raise SystemExit(f"frame {seq} arrived wrong: {flat[:9]} {flat[FRAME_BYTES // 2]} {flat[-1]}, fill {fill}")
 
 
 # ------------------------------------------------------------------ peers: senders
@@ -96,9 +99,13 @@ def zmq_send(address: str, count: int, go: Any, fan_out: int) -> None:
     go.wait(60)
     if fan_out > 1:
         time.sleep(1.0)  # PUB/SUB: let the subscriptions arrive, or the first frames are dropped
+    trackers: list[Any] = [None] * DISTINCT
     for seq in range(count):
+        tracker = trackers[seq % DISTINCT]
+        if tracker is not None:
+            tracker.wait()  # copy=False: zmq still reads the buffer until its tracker is done
         frame = stamp(frames[seq % DISTINCT], seq)
-        socket.send_multipart([seq.to_bytes(8, "little"), frame], copy=False)
+        trackers[seq % DISTINCT] = socket.send_multipart([seq.to_bytes(8, "little"), frame], copy=False, track=True)
     time.sleep(0.5) if fan_out > 1 else None
     socket.close(linger=-1)
     context.term()
@@ -356,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     frame_copy = memcpy_gbps(FRAME_BYTES)
     print(f"# arrays: {count} frames of {SHAPE} uint8 per run, median of {runs} run(s)")
     print(f"# Python {sys.version.split()[0]}, numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"# memcpy of one frame: {frame_copy:.1f} GB/s ({FRAME_BYTES / frame_copy / 1e3:.2f} ms per frame)\n")
+    print(f"# memcpy of one frame: {frame_copy:.1f} GB/s ({FRAME_BYTES / frame_copy / 1e6:.2f} ms per frame)\n")
     print("| scenario | peer | frames/s | GB/s | receiver CPU per frame | vs PipeBit receive() |")
     print("|---|---|---:|---:|---:|---:|")
     for scenario, peers, fan_out in (("1 -> 1", PEERS_1_TO_1, 1), ("1 -> 4", PEERS_1_TO_4, 4)):
