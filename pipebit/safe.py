@@ -162,6 +162,7 @@ class SafeSender(SendQueue):
         with self._mutex:
             self._healthy = False  # no more send()s: what is queued now is all there is to flush
             self._cond.notify_all()  # a send() waiting for room leaves, raising PipeClosedError
+            self._wake_async()  # and so does a coroutine in asend() or aflush()
         self._wait_delivered(limit, report=False)
         self._abort.set()
         with self._mutex:
@@ -342,6 +343,7 @@ class SafeReceiver(ReceiveCache):
         )
         try:
             self._reads_in_caller = reader.reads_in_caller
+            self._collecting = True
             self._worker = Worker(f"pipebit-{self._name}-receiver", self._collect)
             self._reader = self._backend = reader
             self._worker.start()
@@ -365,6 +367,7 @@ class SafeReceiver(ReceiveCache):
             self._reader = self._backend = None  # receive() calls now fail, and waiting ones leave
             worker.stopping.set()
             self._cond.notify_all()
+            self._retire_readiness()  # and so do waiting coroutines
         # Wake whoever waits on the pipe (the thread, or a receive() call) until the thread
         # has ended and no call holds the reader: then the reader can let the pipe go.
         deadline = time.monotonic() + 10.0
@@ -389,6 +392,10 @@ class SafeReceiver(ReceiveCache):
 
     def _forget_after_fork(self) -> None:
         self._reader = self._worker = None
+        if self._ready is not None:
+            self._ready.forget()
+            self._ready = None
+        self._front.clear()  # the parent's
         self._clear_cache()
         self._new_locks()
         super()._forget_after_fork()
@@ -425,6 +432,8 @@ class SafeReceiver(ReceiveCache):
             else check_timeout(timeout)
         )
         with self._mutex:
+            if self._front:  # left by `async for`: they come first
+                return self._take_front()
             if self._cache:
                 cached = self._take_cache()
                 self._returned += len(cached)
