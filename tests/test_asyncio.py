@@ -24,29 +24,18 @@ from .conftest import Reaper
 from .helpers import Child, proc_state, wait_until
 from .redis_server import both_transports
 
-SAFE_SENDER = """
+# Sends 0..count-1 as [i]: a Safe stream, pausing after every tenth packet, or Fast values,
+# pausing after each.
+SENDER = """
 import sys, time, pipebit
-name, count, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sender = pipebit.SafeSender(name, 0)
+name, model, count, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+sender = (pipebit.SafeSender if model == "safe" else pipebit.FastSender)(name, 0)
 print("ready", flush=True)
 for i in range(count):
     sender.send([i])
-    if pause and i % 10 == 9:
+    if pause and (model == "fast" or i % 10 == 9):
         time.sleep(pause)
 sender.flush(timeout=60)
-print("sent", count, flush=True)
-sender.close_connection()
-"""
-
-FAST_SENDER = """
-import sys, time, pipebit
-name, count, pause = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sender = pipebit.FastSender(name, 0)
-print("ready", flush=True)
-for i in range(count):
-    sender.send([i])
-    time.sleep(pause)
-sender.flush(timeout=30)
 print("sent", count, flush=True)
 sender.close_connection()
 """
@@ -113,7 +102,7 @@ class Ticker:
 
 
 def sender_child(reaper: Reaper, name: str, count: int, pause: float = 0.0, *, model: str = "safe") -> Child:
-    child = Child(reaper, SAFE_SENDER if model == "safe" else FAST_SENDER, name, str(count), str(pause))
+    child = Child(reaper, SENDER, name, model, str(count), str(pause))
     child.expect("ready", 60)
     return child
 
