@@ -212,7 +212,8 @@ class ReceiveCache(AsyncReceiving):
                         if self._waiters:
                             self._cond.notify_all()
                 elif not self._callers:
-                    reader.wait(SLEEP_SLICE)
+                    # In event mode it waits for a coroutine as receive() would: ``spin`` applies.
+                    (reader.wait if self._ready is None else reader.wait_in_call)(SLEEP_SLICE)
 
     def _room(self, in_caller: bool) -> tuple[int, int] | tuple[()] | None:
         """(packets, bytes) the caching thread may read now, ``()`` while the application reads
