@@ -124,7 +124,7 @@ class Readiness:
     def clear(self) -> None:
         if self.is_set:
             with self._lock:
-                if self.is_set and not self.retired:
+                if self.is_set and not self.retired and not self._closed:
                     self.is_set = False
                     try:
                         os.read(self._read_fd, 64)
@@ -152,6 +152,7 @@ class Readiness:
     def forget(self) -> None:
         """In a forked child: close this process's copies of the descriptors."""
         with self._lock:
+            self.retired = True
             self._close()
 
     def _close(self) -> None:
