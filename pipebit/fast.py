@@ -61,6 +61,8 @@ class FastSender(AsyncSending):
       differs from an existing pipe's raises :class:`CapacityMismatchError`.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
 
+    asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
+
     Thread safety: every method may be called from any thread; concurrent ``send()``
     calls take turns (one writer per lane), and the last to publish wins.
     """
@@ -238,6 +240,9 @@ class FastReceiver(AsyncReceiving):
       ``"new"``: only values published after it attached.
     * ``slot_size`` -- largest encoded packet, when this receiver creates the pipe.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
+
+    asyncio: ``await areceive()``, ``async for value in receiver``, ``async with``, and
+    ``fileno()`` for other event loops (``docs/asyncio.md``).
 
     Thread safety: every method may be called from any thread; a value goes to one
     ``receive()`` call only.

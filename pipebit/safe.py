@@ -84,6 +84,8 @@ class SafeSender(SendQueue):
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
       instead of being created.
 
+    asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
+
     Thread safety: ``send()``, ``flush()``, ``stats()`` and ``close_connection()``
     may be called from any number of threads at once.
     """
@@ -290,6 +292,9 @@ class SafeReceiver(ReceiveCache):
     instead, so senders are not held back while the application is busy
     elsewhere.  Over Redis the background thread always reads (``spin`` is
     accepted and changes nothing there).
+
+    asyncio: ``await areceive()``, ``async for packet in receiver``, ``async with``, and
+    ``fileno()`` for other event loops (``docs/asyncio.md``).
 
     Thread safety: every method may be called from any thread; packets go to
     whichever ``receive()`` call takes them, each to one call only.

@@ -372,6 +372,7 @@ def test_closing_a_sender_while_asend_waits_raises_pipe_closed(name: str, reaper
     os.kill(receiver.pid, signal.SIGCONT)
 
 
+@both_transports
 def test_async_with_opens_and_closes_every_endpoint(name: str, make_name: Callable[[], str]) -> None:
     fast = make_name()
 
