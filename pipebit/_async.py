@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 _ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes 8-byte counts; a pipe takes any byte
 # A helper thread that waits for a coroutine looks this often whether it was cancelled.
 THREAD_SLICE = 0.25
+# `async for` lets the loop run other tasks after this many packets of one batch (a batch
+# may hold 65536), so that a long batch does not keep them waiting.
+YIELD_EVERY = 256
 
 
 def _running_loop() -> asyncio.AbstractEventLoop:
@@ -59,6 +62,12 @@ def _running_loop() -> asyncio.AbstractEventLoop:
     import asyncio  # noqa: PLC0415 - see above
 
     return asyncio.get_running_loop()
+
+
+async def _let_others_run() -> None:
+    import asyncio  # noqa: PLC0415 - see _running_loop()
+
+    await asyncio.sleep(0)
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -205,9 +214,11 @@ class AsyncReceiving(AsyncEndpoint):
     """
 
     _front: collections.deque[Packet]  # taken by `async for` but not yielded yet
+    _served: int  # packets `async for` yielded since it last let the loop run other tasks
 
     def _init_async(self) -> None:
         self._front = collections.deque()
+        self._served = 0
 
     def _open_readiness(self) -> Readiness:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -261,6 +272,10 @@ class AsyncReceiving(AsyncEndpoint):
         returns them), so leaving the loop loses none."""
         front = self._front
         if front:
+            self._served += 1
+            if self._served >= YIELD_EVERY:  # before taking: a cancellation here loses nothing
+                self._served = 0
+                await _let_others_run()
             try:
                 return front.popleft()
             except IndexError:  # another thread took it
