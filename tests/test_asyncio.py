@@ -214,6 +214,38 @@ def test_leaving_async_for_mid_batch_leaves_the_rest_to_receive(name: str) -> No
         assert rest == list(range(3, 100))
 
 
+def test_async_for_lets_other_tasks_run_during_a_long_batch(name: str) -> None:
+    count = 20_000
+    with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
+        for i in range(count):
+            sender.send([i])
+        sender.flush(timeout=30)
+        wait_until(lambda: receiver.stats().pending == count, 30, "the caching thread to read ahead")
+
+        async def main() -> tuple[list[int], int]:
+            turns = 0
+
+            async def other() -> None:
+                nonlocal turns
+                while True:
+                    await asyncio.sleep(0)
+                    turns += 1
+
+            task = asyncio.ensure_future(other())
+            await asyncio.sleep(0)
+            got = []
+            async for packet in receiver:  # the whole cache comes as one or two batches
+                got.append(packet[0])
+                if len(got) == count:
+                    break
+            task.cancel()
+            return got, turns
+
+        got, turns = asyncio.run(main())
+    assert got == list(range(count))
+    assert turns >= count // 256 - 5, f"the other task ran only {turns} times during the batch"
+
+
 @both_transports
 def test_fast_areceive_gets_newer_values_and_survives_cancellation(name: str, reaper: Reaper) -> None:
     receiver = pipebit.FastReceiver(name, 0)
