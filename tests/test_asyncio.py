@@ -111,6 +111,18 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def eventfds() -> set[str]:
+    """This process's eventfd descriptors (PipeBit's readiness descriptors on Linux)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventfd]":
+                found.add(fd)
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    return found
+
+
 # --------------------------------------------------------------------- receiving
 @both_transports
 def test_async_for_gets_every_packet_in_order_while_the_loop_keeps_ticking(name: str, reaper: Reaper) -> None:
@@ -494,3 +506,34 @@ def test_fileno_is_readable_while_packets_wait(name: str, model: str) -> None:
         assert sel.select(timeout=0.2) == []  # taken: no longer readable
         sel.unregister(receiver)
     assert open_fds() == before
+
+
+def test_uvloop_if_installed(make_name: Callable[[], str], reaper: Reaper) -> None:
+    # uvloop is not a dependency: this runs where it happens to be installed.
+    uvloop = pytest.importorskip("uvloop")
+    safe, fast = make_name(), make_name()
+    count = 5_000
+
+    async def main() -> None:
+        async with pipebit.SafeReceiver(safe, 0) as receiver, pipebit.FastReceiver(fast, 0) as values:
+            child = sender_child(reaper, safe, count, pause=0.001)
+            got: list[int] = []
+            while len(got) < count:
+                try:  # cancelled often: still every packet, once
+                    got += [p[0] for p in await asyncio.wait_for(receiver.areceive(None), 0.002)]
+                except asyncio.TimeoutError:
+                    pass
+            assert got == list(range(count))
+            child.expect("sent", 60)
+            async with pipebit.FastSender(fast, 0) as sender:
+                await sender.asend(["v"])
+                assert await values.areceive(10) == [["v"]]
+            waiting = asyncio.ensure_future(values.areceive(None))
+            closer = closer_thread(values.close_connection, 0.2)
+            with pytest.raises(pipebit.PipeClosedError):
+                await asyncio.wait_for(waiting, 30)
+            closer.join(30)
+
+    before = eventfds()
+    uvloop.run(main())
+    assert eventfds() == before  # uvloop keeps a pipe of its own; the child's pipes are the reaper's
