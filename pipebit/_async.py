@@ -293,7 +293,8 @@ class AsyncReceiving(AsyncEndpoint):
 
         The first call switches the receiver to event mode (its background thread
         reads ahead into its cache whenever it has room).  The descriptor belongs to the
-        receiver: it is closed by ``close_connection()``, so unregister it first.
+        receiver: it is closed by ``close_connection()``, so unregister it first (after
+        reconnecting, ask again: it is a new one).
         """
         readiness = self._open_readiness()
         readiness.release()
