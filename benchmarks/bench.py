@@ -61,6 +61,10 @@ def measure_redis(settings: Settings) -> str:
         return f"Not measured: {exc}."
 
 
+# What follows this marker line in docs/benchmarks.md is pasted by hand from other scripts: kept as it is.
+KEPT_MARKER = "<!-- kept by bench.py --write-docs: results of other scripts -->"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_for(args.quick, args.runs)
@@ -106,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
         chart.draw(measurements, os.path.join(docs, "benchmarks.png"))
-        with open(os.path.join(docs, "benchmarks.md"), "w") as file:
-            file.write(text)
+        path = os.path.join(docs, "benchmarks.md")
+        with open(path) as file:  # sections other scripts wrote (asyncio_bench.py) are kept
+            _, marker, kept = file.read().partition(KEPT_MARKER)
+        with open(path, "w") as file:
+            file.write(text + (f"\n{marker}{kept}" if marker else ""))
         print(f"wrote {docs}/benchmarks.md and {docs}/benchmarks.png", file=sys.stderr)
     return 0
 

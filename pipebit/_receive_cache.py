@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from ._endpoint import Endpoint
+from ._async import AsyncReceiving, Readiness
 from ._frames import Held, release_views
 from ._limits import Packet
 from ._transport import SafeReader
@@ -38,8 +38,13 @@ BLOCKED_PAUSE = 0.5
 VIEWS_SLICE = 0.02
 
 
-class ReceiveCache(Endpoint):
-    """The cache, its reading thread and the hand-over of the pipe (see the module's docstring)."""
+class ReceiveCache(AsyncReceiving):
+    """The cache, its reading thread and the hand-over of the pipe (see the module's docstring).
+
+    In event mode (``_ready`` set: a coroutine awaited, or ``fileno()`` was asked for) the
+    thread reads ahead whenever the cache has room, never leaving the pipe to ``receive()``
+    calls for ``HANDBACK``, and sets the readiness descriptor when the cache gains packets.
+    """
 
     _mutex: threading.Lock
     _cond: threading.Condition
@@ -64,6 +69,8 @@ class ReceiveCache(Endpoint):
     _reads_in_caller: bool
     _worker: Worker | None
     _reader: SafeReader | None
+    _ready: Readiness | None  # event mode: readable while the cache holds packets or a problem
+    _collecting: bool  # the caching thread has not ended
 
     def _init_cache(self, max_cached: int, max_cached_bytes: int) -> None:
         self._max_cached = max_cached
@@ -73,6 +80,9 @@ class ReceiveCache(Endpoint):
         self._returned = 0
         self._worker = None
         self._reader = None
+        self._ready = None
+        self._collecting = False
+        self._init_async()
 
     def _clear_cache(self) -> None:
         self._cache = []
@@ -87,6 +97,9 @@ class ReceiveCache(Endpoint):
         counts the packets as returned."""
         if self._reader_blocked:
             self._cond.notify_all()
+        ready = self._ready
+        if ready is not None:
+            ready.clear()  # set again below if something is left
         problem = self._problem
         if problem is None:
             packets = self._cache
@@ -94,9 +107,13 @@ class ReceiveCache(Endpoint):
             self._cached_bytes = 0
             self._views_cached = False
             return packets
+        if ready is not None:
+            ready.set()
         cut = self._problem_at
         if cut == 0:
             self._problem = None
+            if not self._cache and ready is not None:
+                ready.clear()
             raise problem
         packets, self._cache = self._cache[:cut], self._cache[cut:]
         self._problem_at = 0
@@ -159,6 +176,9 @@ class ReceiveCache(Endpoint):
             self._read_ahead(stopping)
         finally:  # a failure is raised by receive(): wake it now
             with self._mutex:
+                self._collecting = False
+                if self._ready is not None:
+                    self._ready.set()
                 self._cond.notify_all()
 
     def _read_ahead(self, stopping: threading.Event) -> None:
@@ -194,6 +214,8 @@ class ReceiveCache(Endpoint):
                         if problem is not None:  # for receive() to raise after these packets
                             self._problem, self._problem_at = problem, len(self._cache)
                             self._problem_end = reader.position()
+                        if self._ready is not None:
+                            self._ready.set()
                         if self._waiters:
                             self._cond.notify_all()
                 elif not self._callers:
@@ -208,10 +230,12 @@ class ReceiveCache(Endpoint):
         whether a sender waits for room, and if one does, it copies them, letting their
         records go.
         """
+        # In event mode it waits for a coroutine as receive() would: ``spin`` applies.
+        wait = reader.wait if self._ready is None else reader.wait_in_call
         if not self._views_cached:
-            reader.wait(SLEEP_SLICE)
+            wait(SLEEP_SLICE)
         elif not reader.writers_waiting():
-            reader.wait(VIEWS_SLICE)
+            wait(VIEWS_SLICE)
         else:
             with self._mutex:
                 self._cache = [release_views(p, True) if type(p) is Held else p for p in self._cache]
@@ -223,7 +247,7 @@ class ReceiveCache(Endpoint):
         full, or holds a problem not raised yet.  Under the mutex."""
         if in_caller:
             idle = time.monotonic() - self._last_call
-            if self._callers or idle < HANDBACK:  # the application reads for itself
+            if self._callers or (idle < HANDBACK and self._ready is None):  # the application reads for itself
                 self._cond.wait(HANDBACK if self._callers else HANDBACK - idle)
                 return ()
         if (
@@ -233,6 +257,41 @@ class ReceiveCache(Endpoint):
         ):
             return None
         return self._max_cached - len(self._cache), self._max_cached_bytes - self._cached_bytes
+
+    # ------------------------------------------------------------ event mode
+    def _open_readiness(self) -> Readiness:
+        """Switch event mode on (once per connection) and count a user of the readiness."""
+        with self._mutex:
+            self._require_open()
+            ready = self._ready
+            if ready is None:
+                ready = self._ready = Readiness()
+                if self._cache or self._problem is not None or not self._collecting:
+                    ready.set()
+                self._cond.notify_all()  # the thread stops leaving the pipe to receive() calls
+            ready.use()
+            return ready
+
+    def _take_ready(self) -> list[Packet]:
+        """What a coroutine takes as it resumes: never reads the pipe, never waits (the
+        caching thread reads, and a receive() in the caller's thread may hold the pipe)."""
+        with self._mutex:
+            if self._front:
+                return self._take_front()
+            if self._cache or self._problem is not None:
+                cached = self._take_cache()
+                self._returned += len(cached)
+                return cached
+            self._require_open()
+            assert self._worker is not None
+            self._worker.check()
+        return []
+
+    def _retire_readiness(self) -> None:
+        """Closing: waiting coroutines wake and raise PipeClosedError.  Under the mutex."""
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.retire()
 
     def _new_locks(self) -> None:
         self._mutex = threading.Lock()

@@ -13,10 +13,11 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from typing import TYPE_CHECKING, Callable
 
 from . import _codec
-from ._endpoint import Endpoint
-from ._limits import MAX_RECORD_PACKETS, check_timeout, too_big
+from ._async import AsyncSending
+from ._limits import MAX_RECORD_PACKETS, Sendable, check_timeout, too_big
 from ._transport import SafeWriter
 from ._worker import Worker
 from .errors import PipeClosedError, PipeTimeoutError
@@ -38,7 +39,7 @@ class Framed(bytes):
 _monotonic_ns = time.monotonic_ns
 
 
-class SendQueue(Endpoint):
+class SendQueue(AsyncSending):
     """The queue, its credit and its delivery thread (see the module's docstring).
 
     Attributes are set by :meth:`_init_queue` (once) and :meth:`_start_delivery` (per
@@ -66,6 +67,9 @@ class SendQueue(Endpoint):
     _worker: Worker | None
     _writer: SafeWriter | None
     _framed: int  # Framed records in the queue: _take_batch() ends a batch before each
+    # Coroutines waiting for room or for delivery (asend(), aflush()): each a function that
+    # wakes one through its loop, called once by the delivery thread when the queue moves.
+    _async_wakers: list[Callable[[], None]]
 
     def _init_queue(self, queue_size: int) -> None:
         self._queue_size = queue_size
@@ -77,6 +81,7 @@ class SendQueue(Endpoint):
         self._abort = threading.Event()
         self._worker = None
         self._writer = None
+        self._async_wakers = []
 
     def _reset_queue(self) -> None:
         """In a forked child: the parent's queue and locks are the parent's."""
@@ -84,6 +89,7 @@ class SendQueue(Endpoint):
         self._healthy = False
         self._queue = collections.deque()
         self._queued_bytes = self._in_flight = self._credit = self._granted = self._framed = 0
+        self._async_wakers = []
         self._set_mutex(threading.RLock())
 
     def _enqueue(self, encoded: bytes, timeout: float | None) -> None:
@@ -225,6 +231,8 @@ class SendQueue(Endpoint):
             self._deliver_batches(stopping)
         except BaseException:
             self._healthy = False  # send() finds out at its next call; Worker keeps the error
+            with self._mutex:
+                self._wake_async()
             raise
 
     def _deliver_batches(self, stopping: threading.Event) -> None:
@@ -241,6 +249,8 @@ class SendQueue(Endpoint):
                         return
                     self._worker_idle = True
                     self._cond.notify_all()  # flushers wait for an empty queue
+                    if self._async_wakers:
+                        self._wake_async()
                     if not self._cond.wait(idle_interval) and not self._queue:
                         idle = True  # a whole interval without a packet
                         break
@@ -250,6 +260,8 @@ class SendQueue(Endpoint):
                     self._in_flight = count = len(batch)
                     if self._blocked:
                         self._cond.notify_all()
+                    if self._async_wakers:  # room for asend()
+                        self._wake_async()
             if idle:
                 writer.idle()
                 continue
@@ -264,6 +276,41 @@ class SendQueue(Endpoint):
                 self._in_flight = 0
                 self._sent += count
                 self._required = writer.packet_len  # another sender's override may change it
+
+    # ------------------------------------------------------------ coroutines
+    if TYPE_CHECKING:
+
+        def send(self, data: Sendable, timeout: float | None = None) -> None: ...  # the face's
+
+    def _wake_async(self) -> None:
+        """Wake every coroutine waiting on the queue (under the mutex); each looks again."""
+        wakers, self._async_wakers = self._async_wakers, []
+        for wake in wakers:
+            wake()
+
+    def _send_or_watch(self, data: Sendable, wake: Callable[[], None] | None) -> bool:
+        with self._mutex:  # reentrant: send() takes it too; a wake-up cannot slip in between
+            try:
+                self.send(data, 0)
+            except PipeTimeoutError:  # the queue is full: only that waits
+                if wake is not None:
+                    self._async_wakers.append(wake)
+                return False
+        return True
+
+    def _delivered_or_watch(self, wake: Callable[[], None]) -> bool:
+        with self._mutex:
+            if not self._healthy:
+                self._raise_unhealthy()
+            if not self._queue and not self._in_flight:
+                return True
+            self._async_wakers.append(wake)
+        return False
+
+    def _unwatch(self, wake: Callable[[], None]) -> None:
+        with self._mutex:
+            if wake in self._async_wakers:
+                self._async_wakers.remove(wake)
 
     def _take_batch(self, batch_bytes: int) -> collections.deque[bytes]:
         """Take the next batch off the queue (under the mutex): all of it when it is small

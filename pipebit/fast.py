@@ -28,7 +28,7 @@ import warnings
 from typing import Iterator, Union
 
 from . import _codec, _transport
-from ._endpoint import Endpoint
+from ._async import AsyncReceiving, AsyncSending, LatestValueWatcher, Readiness, wait_in_thread
 from ._limits import (
     DEFAULT_RECEIVE_TIMEOUT,
     FAST_STARTS,
@@ -41,12 +41,12 @@ from ._limits import (
     check_start,
     check_timeout,
 )
-from .errors import PipeClosedError, UndeliveredPacketsWarning
+from .errors import PipeClosedError, PipeTimeoutError, UndeliveredPacketsWarning
 
 __all__ = ["FastReceiver", "FastSender"]
 
 
-class FastSender(Endpoint):
+class FastSender(AsyncSending):
     """Publishes packets as the current value of a Fast pipe, creating the pipe if needed.
 
     ``FastSender(name, debug=0)`` connects at once.  Keyword-only options:
@@ -58,6 +58,8 @@ class FastSender(Endpoint):
       a multiple of 8), when this sender creates the pipe (default 64 KiB).  One that
       differs from an existing pipe's raises :class:`CapacityMismatchError`.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
+
+    asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
 
     Thread safety: every method may be called from any thread; concurrent ``send()``
     calls take turns (one writer per lane), and the last to publish wins.
@@ -177,8 +179,38 @@ class FastSender(Endpoint):
             return
         writer.flush(limit)
 
+    async def asend(self, data: Sendable, timeout: float | None = None) -> None:
+        """``send()`` for a coroutine (it never waits: ``timeout`` is accepted for the Safe
+        model's signature and checked)."""
+        check_timeout(timeout)
+        self.send(data)
 
-class FastReceiver(Endpoint):
+    async def aflush(self, timeout: float | None = None) -> None:
+        """``flush()`` for a coroutine.  Over Redis a helper thread of the loop's executor
+        waits for the publication, in slices, so that a cancelled ``aflush()`` leaves no
+        thread waiting for long; the loop runs meanwhile."""
+        limit = check_timeout(timeout)
+        writer = self._writer
+        if writer is None:
+            self._require_open()
+            return
+        if not writer.pending():  # shared memory: always
+            return
+
+        def flushed(seconds: float) -> bool:
+            try:
+                writer.flush(seconds)
+            except PipeTimeoutError:
+                return False
+            return True
+
+        if not await wait_in_thread(flushed, limit):
+            raise PipeTimeoutError(
+                f"aflush() waited {timeout}s; the value last sent to Fast pipe {self._shown!r} is not published yet"
+            )
+
+
+class FastReceiver(AsyncReceiving):
     """Reads the newest value of a Fast pipe, creating the pipe if it does not exist.
 
     ``FastReceiver(name, debug=0)`` attaches at once.  Keyword-only options:
@@ -189,6 +221,9 @@ class FastReceiver(Endpoint):
       ``"new"``: only values published after it attached.
     * ``slot_size`` -- largest encoded packet, when this receiver creates the pipe.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
+
+    asyncio: ``await areceive()``, ``async for value in receiver``, ``async with``, and
+    ``fileno()`` for other event loops (``docs/asyncio.md``).
 
     Thread safety: every method may be called from any thread; a value goes to one
     ``receive()`` call only.
@@ -209,9 +244,11 @@ class FastReceiver(Endpoint):
         super().__init__(name, debug, create)
         self._start = check_start(start, FAST_STARTS)
         self._slot_size = check_slot_size(slot_size)
-        self._reader: _transport.FastReader | None = None
+        # The back-end's reader, or in event mode the watcher that reads it.
+        self._reader: _transport.FastReader | LatestValueWatcher | None = None
         self._returned = 0
         self._new_locks()
+        self._init_async()
         self.open_connection()
 
     def open_connection(self) -> None:
@@ -241,6 +278,8 @@ class FastReceiver(Endpoint):
         self._closed()
 
     def _forget_after_fork(self) -> None:
+        if isinstance(self._reader, LatestValueWatcher):
+            self._reader.forget()
         self._reader = None
         self._new_locks()
         super()._forget_after_fork()
@@ -256,6 +295,31 @@ class FastReceiver(Endpoint):
 
     def _counters(self) -> tuple[int, int]:
         return self._returned, 0
+
+    def _open_readiness(self) -> Readiness:
+        """Switch event mode on: a watcher thread reads the register from now on, and
+        receive() takes what it holds (see :class:`LatestValueWatcher`)."""
+        with self._users:
+            reader = self._reader
+            if reader is None:
+                self._require_open()  # raises
+            if not isinstance(reader, LatestValueWatcher):
+                assert reader is not None
+                reader = self._reader = LatestValueWatcher(reader, self._name)
+            reader.readiness.use()
+            return reader.readiness
+
+    def _take_ready(self) -> list[Packet]:
+        reader = self._reader
+        if not isinstance(reader, LatestValueWatcher):
+            self._require_open()  # closed, or reconnected since: event mode starts again
+            return []
+        got = reader.take()
+        if got:
+            self._returned += 1
+        elif self._reader is None:
+            self._require_open()  # closed meanwhile: raise
+        return got
 
     def _size_text(self) -> str:
         reader = self._reader

@@ -85,6 +85,8 @@ class SafeSender(SendQueue):
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
       instead of being created.
 
+    asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
+
     Thread safety: ``send()``, ``flush()``, ``stats()`` and ``close_connection()``
     may be called from any number of threads at once.
     """
@@ -163,6 +165,7 @@ class SafeSender(SendQueue):
         with self._mutex:
             self._healthy = False  # no more send()s: what is queued now is all there is to flush
             self._cond.notify_all()  # a send() waiting for room leaves, raising PipeClosedError
+            self._wake_async()  # and so does a coroutine in asend() or aflush()
         self._wait_delivered(limit, report=False)
         self._abort.set()
         with self._mutex:
@@ -295,6 +298,9 @@ class SafeReceiver(ReceiveCache):
     elsewhere.  Over Redis the background thread always reads (``spin`` is
     accepted and changes nothing there).
 
+    asyncio: ``await areceive()``, ``async for packet in receiver``, ``async with``, and
+    ``fileno()`` for other event loops (``docs/asyncio.md``).
+
     Thread safety: every method may be called from any thread; packets go to
     whichever ``receive()`` call takes them, each to one call only.
     """
@@ -347,6 +353,7 @@ class SafeReceiver(ReceiveCache):
         )
         try:
             self._reads_in_caller = reader.reads_in_caller
+            self._collecting = True
             self._worker = Worker(f"pipebit-{self._name}-receiver", self._collect)
             self._reader = self._backend = reader
             self._worker.start()
@@ -370,6 +377,7 @@ class SafeReceiver(ReceiveCache):
             self._reader = self._backend = None  # receive() calls now fail, and waiting ones leave
             worker.stopping.set()
             self._cond.notify_all()
+            self._retire_readiness()  # and so do waiting coroutines
         # Wake whoever waits on the pipe (the thread, or a receive() call) until the thread
         # has ended and no call holds the reader: then the reader can let the pipe go.
         deadline = time.monotonic() + 10.0
@@ -394,6 +402,10 @@ class SafeReceiver(ReceiveCache):
 
     def _forget_after_fork(self) -> None:
         self._reader = self._worker = None
+        if self._ready is not None:
+            self._ready.forget()
+            self._ready = None
+        self._front.clear()  # the parent's
         self._clear_cache()
         self._new_locks()
         super()._forget_after_fork()
@@ -430,7 +442,9 @@ class SafeReceiver(ReceiveCache):
         read does.  Over Redis the view is of the bytes the server sent.  Smaller arrays
         are copied either way.
         """
-        packets = self._receive(timeout)
+        return self._handed(self._receive(timeout), copy)
+
+    def _handed(self, packets: list[Packet], copy: bool) -> list[Packet]:
         reader = self._reader
         if packets and (reader is None or reader.framed):  # some packets may view the pipe
             packets = [release_views(p, copy) if type(p) is Held else p for p in packets]
@@ -445,6 +459,8 @@ class SafeReceiver(ReceiveCache):
             else check_timeout(timeout)
         )
         with self._mutex:
+            if self._front:  # left by `async for`: they come first
+                return self._take_front()
             if self._cache:
                 cached = self._take_cache()
                 self._returned += len(cached)

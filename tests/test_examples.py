@@ -46,7 +46,7 @@ def run(
 @pytest.fixture
 def free_pipes() -> Iterator[None]:
     """The examples' pipe names are free before, and removed after, each test."""
-    names = ("data_pipe", "fan_out_demo", "camera_demo")
+    names = ("data_pipe", "fan_out_demo", "camera_demo", "asyncio_readings", "asyncio_averages")
     for name in names:
         try:
             pipebit.remove(name)
@@ -127,6 +127,15 @@ def test_fan_out_example(free_pipes: None) -> None:
     # Three processes print at once: their lines may interleave, so find the reports, not lines.
     reports = re.findall(r"receiver (\d): all 10000 packets, in order", result.stdout)
     assert sorted(reports) == ["0", "1", "2"]
+
+
+def test_asyncio_service_example(free_pipes: None) -> None:
+    result = run("asyncio_service.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "service: 1000 readings, in order, average 3.00"
+    # The display task saw published averages (a Fast pipe may skip some under load).
+    assert any(re.fullmatch(r"after \d+00 readings: average \d\.\d\d", line) for line in lines[:-1])
 
 
 def test_camera_example(free_pipes: None) -> None:

@@ -48,7 +48,7 @@ def test_lint_and_types_are_clean(command: list[str]) -> None:
 
 # ------------------------------------------------------------ the package's shape
 PACKAGE = ROOT / "pipebit"
-FACES = {"safe", "fast", "_send_queue", "_receive_cache", "_endpoint", "cli", "__init__"}
+FACES = {"safe", "fast", "_send_queue", "_receive_cache", "_async", "_endpoint", "cli", "__init__"}
 BACKENDS = {"_shm_safe", "_shm_fast", "_redis_safe", "_redis_fast", "_redis_member"}
 
 

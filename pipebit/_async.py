@@ -1,0 +1,490 @@
+"""asyncio on every endpoint, written once for both models and both transports (a face part).
+
+Guarantees
+----------
+* The event loop is never blocked: no call made from a coroutine here waits for
+  a packet, for room, for a semaphore or for a socket in the loop's thread.  The
+  only locks it takes are the faces' own short mutexes, which no thread holds
+  while it waits.
+* Cancellation loses nothing.  A coroutine takes packets only in the loop's
+  thread, at the moment it resumes; nothing is ever handed to a future that may
+  be cancelled.  A cancelled ``areceive()`` leaves every packet for the next call.
+* Closing an endpoint (from any thread) while a coroutine awaits makes that
+  coroutine raise :class:`PipeClosedError`.
+
+Mechanism: a receiver in *event mode* (switched on by its first ``areceive()``,
+``async for`` or ``fileno()``) keeps a :class:`Readiness`: one file descriptor,
+readable while packets wait for the application.  A Safe receiver's caching
+thread reads ahead into its cache (without leaving the pipe to ``receive()``
+calls as it otherwise does) and sets the descriptor when the cache gains packets;
+a Fast receiver gets a watcher thread (:class:`LatestValueWatcher`) that holds
+the newest value.  Why a descriptor rather than ``call_soon_threadsafe`` per
+waiting future: it holds the state in the kernel, level-triggered, so no wake-up
+can be lost between "nothing there" and "now waiting", it costs a system call
+only when the cache goes from empty to not empty (not per packet), it wakes the
+loop's ``epoll`` directly (tens of microseconds, no polling: an idle waiter costs
+nothing), and the same descriptor serves ``selectors``, Tk's
+``createfilehandler`` and other loops through ``fileno()``.  Senders wait for room
+with ``call_soon_threadsafe`` from the delivery thread instead: their waits are
+rare (a full queue) and need no descriptor to outlive them.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from ._endpoint import Endpoint
+from ._limits import DEFAULT_RECEIVE_TIMEOUT, Packet, Sendable, check_timeout
+from ._worker import Worker
+from .errors import CorruptPacketError, PipeClosedError, PipeTimeoutError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from ._transport import FastReader
+
+_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes 8-byte counts; a pipe takes any byte
+# A helper thread that waits for a coroutine looks this often whether it was cancelled.
+THREAD_SLICE = 0.25
+# `async for` lets the loop run other tasks after this many packets of one batch (a batch
+# may hold 65536), so that a long batch does not keep them waiting.
+YIELD_EVERY = 256
+
+
+def _running_loop() -> asyncio.AbstractEventLoop:
+    # Imported here: asyncio costs ~35 ms to import, and only coroutines (whose caller
+    # has it loaded already) need it.
+    import asyncio  # noqa: PLC0415 - see above
+
+    return asyncio.get_running_loop()
+
+
+async def _let_others_run() -> None:
+    import asyncio  # noqa: PLC0415 - see _running_loop()
+
+    await asyncio.sleep(0)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    """Resolve ``future`` (in its loop's thread); it carries no packet, so cancelling it loses none."""
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake_all(futures: set[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+async def _resolved(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], deadline: float | None) -> None:
+    """Await ``future``, resolved at loop time ``deadline`` at the latest."""
+    timer = None if deadline is None else loop.call_at(deadline, _wake, future)
+    try:
+        await future
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+class Readiness:
+    """A file descriptor that is readable while an endpoint holds something to take.
+
+    An ``eventfd`` on Linux (Python 3.10+), otherwise the read end of a pipe.  Its
+    owner calls :meth:`set` after it gains packets and :meth:`clear` when they are
+    taken, under its own mutex, so the level always matches its state; each is a
+    system call only on a change.  Coroutines that wait on it count as ``users``;
+    :meth:`retire` (closing) leaves it readable for ever and closes it once the last
+    user has left the loop's selector, so that no loop ever watches a closed number.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd: int
+        self._write_fd: int
+        eventfd = getattr(os, "eventfd", None)
+        if eventfd is not None:
+            self._read_fd = self._write_fd = eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:
+            self._read_fd, self._write_fd = os.pipe()
+            os.set_blocking(self._read_fd, False)
+            os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()
+        self.is_set = False
+        self._users = 0
+        self.retired = self._closed = False
+        # The futures waiting on it, per event loop, each loop watching the descriptor once.
+        self.waiting: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]] = {}
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def set(self) -> None:
+        if not self.is_set:
+            with self._lock:
+                if not self.is_set and not self._closed:
+                    self.is_set = True
+                    os.write(self._write_fd, _ONE)
+
+    def clear(self) -> None:
+        if self.is_set:
+            with self._lock:
+                if self.is_set and not self.retired and not self._closed:
+                    self.is_set = False
+                    try:
+                        os.read(self._read_fd, 64)
+                    except BlockingIOError:  # not written yet: nothing to drain
+                        pass
+
+    def use(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self.retired and not self._users:
+                self._close()
+
+    def retire(self) -> None:
+        """The endpoint closes: readable from now on, closed once no coroutine uses it."""
+        self.set()
+        with self._lock:
+            self.retired = True
+            if not self._users:
+                self._close()
+
+    def forget(self) -> None:
+        """In a forked child: close this process's copies of the descriptors."""
+        with self._lock:
+            self.retired = True
+            self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._read_fd)
+        if self._write_fd != self._read_fd:
+            os.close(self._write_fd)
+
+    async def wait(self, deadline: float | None) -> None:
+        """Return once the descriptor is readable (or at loop time ``deadline``); the caller
+        looks at the endpoint's state after."""
+        loop = _running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self.waiting.get(loop)
+        if waiting is None:  # the first waiter of this loop makes the loop watch the descriptor
+            waiting = self.waiting[loop] = set()
+            loop.add_reader(self._read_fd, _wake_all, waiting)
+        waiting.add(future)
+        try:
+            await _resolved(loop, future, deadline)
+        finally:
+            waiting.discard(future)
+            if not waiting:
+                del self.waiting[loop]
+                loop.remove_reader(self._read_fd)
+
+
+class AsyncEndpoint(Endpoint):
+    """``async with``: opens on entry and closes on exit, in a worker thread of the loop's
+    executor (closing a sender waits for its flush; opening a Redis pipe waits for the
+    server), so that the loop runs meanwhile."""
+
+    async def __aenter__(self) -> Any:
+        if self._backend is None:
+            await _running_loop().run_in_executor(None, self.open_connection)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await _running_loop().run_in_executor(None, self.close_connection)
+
+
+class AsyncReceiving(AsyncEndpoint):
+    """``areceive()``, ``async for`` and ``fileno()`` for a receiver.
+
+    The face provides :meth:`_open_readiness` (switch event mode on, return the
+    :class:`Readiness`) and :meth:`_take_ready` (what waits, without waiting: ``[]`` if
+    nothing; raises what ``receive()`` would raise).
+    """
+
+    _front: collections.deque[Packet]  # taken by `async for` but not yielded yet
+    _served: int  # packets `async for` yielded since it last let the loop run other tasks
+
+    def _init_async(self) -> None:
+        self._front = collections.deque()
+        self._served = 0
+
+    def _open_readiness(self) -> Readiness:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _take_ready(self) -> list[Packet]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _take_front(self) -> list[Packet]:
+        """The packets ``async for`` took and has not yielded: they come first.  Each
+        ``popleft()`` is atomic, so a packet goes to one caller only."""
+        front, packets = self._front, []
+        try:
+            while front:
+                packets.append(front.popleft())
+        except IndexError:  # another thread took the last one
+            pass
+        return packets
+
+    def _handed(self, packets: list[Packet], copy: bool) -> list[Packet]:
+        """``packets`` as the application gets them (see ``SafeReceiver.receive(copy=)``)."""
+        return packets
+
+    async def areceive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
+        """``receive()`` for a coroutine: the same result, the same ``timeout`` and ``copy``
+        rules (``None`` waits for a packet, ``0`` only looks), without blocking the event loop.
+
+        Cancelling it (``asyncio.wait_for`` timing out, say) loses no packet: they are
+        taken only as the coroutine resumes, so the next call returns them.  Closing
+        the receiver meanwhile (from any thread) raises :class:`PipeClosedError`.
+        """
+        limit = check_timeout(timeout)
+        readiness = self._open_readiness()
+        try:
+            packets = self._take_ready()
+            if packets or limit == 0:
+                return self._handed(packets, copy)
+            loop = _running_loop()
+            deadline = None if limit is None else loop.time() + limit
+            while True:
+                await readiness.wait(deadline)
+                packets = self._take_ready()  # in the loop's thread, as it resumes
+                if packets or (deadline is not None and loop.time() >= deadline):
+                    return self._handed(packets, copy)
+                if readiness.retired:  # closed, and reopened already (else _take_ready raised)
+                    raise PipeClosedError(f"receiver of pipe {self._shown!r} was closed while a coroutine awaited it")
+        finally:
+            readiness.release()
+
+    def __aiter__(self) -> AsyncReceiving:
+        return self
+
+    async def __anext__(self) -> Packet:
+        """The next packet, as it arrives; the iteration ends when the receiver is closed.
+        Packets of a batch not yielded yet stay with the receiver (a later ``receive()``
+        returns them), so leaving the loop loses none."""
+        front = self._front
+        if front:
+            self._served += 1
+            if self._served >= YIELD_EVERY:  # before taking: a cancellation here loses nothing
+                self._served = 0
+                await _let_others_run()
+            try:
+                return front.popleft()
+            except IndexError:  # another thread took it
+                pass
+        try:
+            batch = await self.areceive(None)
+        except PipeClosedError:
+            raise StopAsyncIteration from None
+        front.extend(batch[1:])
+        return batch[0]
+
+    def fileno(self) -> int:
+        """A file descriptor that is readable while packets wait for ``receive()``, for
+        ``selectors``, Tk's ``createfilehandler`` or another event loop's notifier.
+
+        The first call switches the receiver to event mode (its background thread
+        reads ahead into its cache whenever it has room).  The descriptor belongs to the
+        receiver: it is closed by ``close_connection()``, so unregister it first (after
+        reconnecting, ask again: it is a new one).
+        """
+        readiness = self._open_readiness()
+        readiness.release()
+        return readiness.fileno()
+
+
+class AsyncSending(AsyncEndpoint):
+    """``asend()`` and ``aflush()`` for a sender; the face provides :meth:`_send_or_watch`,
+    :meth:`_delivered_or_watch` and :meth:`_unwatch`."""
+
+    def _send_or_watch(self, data: Sendable, wake: Callable[[], None] | None) -> bool:  # pragma: no cover
+        """Send ``data`` if that needs no waiting (``True``); else call ``wake`` (from any
+        thread, if given) once room may have come."""
+        raise NotImplementedError
+
+    def _delivered_or_watch(self, wake: Callable[[], None]) -> bool:  # pragma: no cover
+        """``True`` when everything sent is delivered; else call ``wake`` once it may be."""
+        raise NotImplementedError
+
+    def _unwatch(self, wake: Callable[[], None]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def _until(self, check: Callable[[Callable[[], None]], bool], deadline: float | None) -> bool:
+        """Await ``check(wake)``: ``True`` once it holds, ``False`` at loop time ``deadline``."""
+        loop = _running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+
+            def wake(future: asyncio.Future[None] = future) -> None:
+                try:
+                    loop.call_soon_threadsafe(_wake, future)
+                except RuntimeError:  # the loop was closed meanwhile: no one waits any more
+                    pass
+
+            if check(wake):
+                return True
+            if deadline is not None and loop.time() >= deadline:
+                self._unwatch(wake)
+                return False
+            try:
+                await _resolved(loop, future, deadline)
+            finally:
+                self._unwatch(wake)
+
+    async def asend(self, data: Sendable, timeout: float | None = None) -> None:
+        """``send()`` for a coroutine: queue ``data`` at once when the send queue has room,
+        else wait for room without blocking the event loop -- as long as it takes with
+        ``None``, else :class:`PipeTimeoutError` after ``timeout`` seconds.  A cancelled
+        ``asend()`` has not queued its packet."""
+        limit = check_timeout(timeout)
+        if self._send_or_watch(data, None):  # the common case: room in the queue
+            return
+        loop = _running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        if not await self._until(lambda wake: self._send_or_watch(data, wake), deadline):
+            raise PipeTimeoutError(
+                f"asend() waited {timeout}s for room in the queue of pipe {self._shown!r}; "
+                "its receivers are not keeping up"
+            )
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        """``flush()`` for a coroutine: wait until every packet sent so far is in the pipe,
+        without blocking the event loop; :class:`PipeTimeoutError` after ``timeout`` seconds."""
+        limit = check_timeout(timeout)
+        loop = _running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        if not await self._until(self._delivered_or_watch, deadline):
+            raise PipeTimeoutError(
+                f"aflush() waited {timeout}s; packets of pipe {self._shown!r} are not delivered yet "
+                "(its receivers are not keeping up)"
+            )
+
+
+async def wait_in_thread(wait: Callable[[float], bool], limit: float | None) -> bool:
+    """Run ``wait(seconds) -> done`` in the loop's executor, a slice at a time, until it is
+    done (``True``) or ``limit`` seconds have passed (``False``).  For waits no thread of
+    PipeBit signals the loop about; a cancelled coroutine leaves the thread within a slice."""
+    loop = _running_loop()
+    cancelled = threading.Event()
+    deadline = None if limit is None else time.monotonic() + limit
+
+    def run() -> bool:
+        while True:
+            remaining = THREAD_SLICE if deadline is None else min(THREAD_SLICE, deadline - time.monotonic())
+            if wait(max(remaining, 0.0)):
+                return True
+            if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                return False
+
+    try:
+        return await loop.run_in_executor(None, run)
+    finally:
+        cancelled.set()
+
+
+class LatestValueWatcher:
+    """A Fast receiver in event mode: a thread reads the register and holds the newest value.
+
+    It stands in for the back-end's reader (``read``, ``interrupt``, ``close``), so that
+    ``receive()`` takes the held value (waiting for the thread, never racing it for the
+    register), and :meth:`take` gives a coroutine the held value without waiting: over
+    Redis, even a look at the register is a round trip, which the loop may not wait for.
+    """
+
+    def __init__(self, reader: FastReader, name: str) -> None:
+        self.real = reader
+        self.slot_size = reader.slot_size
+        self.readiness = Readiness()
+        self._cond = threading.Condition(threading.Lock())
+        self._held: list[Packet] = []
+        self._problem: Exception | None = None
+        self._ended = self._closing = False
+        self._worker = Worker(f"pipebit-{name}-watcher", self._watch)
+        self._worker.start()
+
+    def _watch(self, stopping: threading.Event) -> None:
+        try:
+            while not stopping.is_set():
+                try:
+                    got = self.real.read(None)
+                except CorruptPacketError as exc:  # that value only: raised once, in its place
+                    with self._cond:
+                        self._held, self._problem = [], exc
+                        self.readiness.set()
+                        self._cond.notify_all()
+                    continue
+                if got:
+                    with self._cond:
+                        self._held = got  # a newer value replaces one not taken yet
+                        self.readiness.set()
+                        self._cond.notify_all()
+        except BaseException as exc:
+            self._worker.error = exc  # before take() can see the thread ended (Worker sets it later)
+            raise
+        finally:
+            with self._cond:
+                self._ended = True
+                self.readiness.set()  # a failure is raised by the next take()
+                self._cond.notify_all()
+
+    def _take(self) -> list[Packet]:
+        """Under the condition's lock: the held value, or the problem met, or ``[]``."""
+        got = self._held
+        if got:
+            self._held = []
+            self.readiness.clear()
+            return got
+        problem = self._problem
+        if problem is not None:
+            self._problem = None
+            self.readiness.clear()
+            raise problem
+        self._worker.check()
+        return []
+
+    def take(self) -> list[Packet]:
+        with self._cond:
+            return self._take()
+
+    def read(self, timeout: float | None) -> list[Packet]:
+        """``receive()`` in event mode: wait up to ``timeout`` for the thread to hold a value."""
+        with self._cond:
+            got = self._take()
+            if got or timeout == 0:
+                return got
+            self._cond.wait_for(
+                lambda: bool(self._held) or self._problem is not None or self._ended or self._closing, timeout
+            )
+            return self._take()
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.stopping.set()
+        self.real.interrupt()
+
+    def close(self) -> None:
+        worker = self._worker
+        worker.stopping.set()
+        for _ in range(200):  # about 10 s: a read about to start needs another interrupt
+            self.real.interrupt()
+            if worker.stop(timeout=0.05):
+                break
+        self.real.close()
+        self.readiness.retire()
+
+    def forget(self) -> None:
+        self.readiness.forget()
