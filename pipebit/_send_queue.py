@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import _codec
 from ._async import AsyncSending
+from ._frames import Buffer
 from ._limits import MAX_RECORD_PACKETS, Sendable, check_timeout, too_big
 from ._transport import SafeWriter
 from ._worker import Worker
@@ -67,6 +68,7 @@ class SendQueue(AsyncSending):
     _worker: Worker | None
     _writer: SafeWriter | None
     _framed: int  # Framed records in the queue: _take_batch() ends a batch before each
+    _direct: bool  # a send() writes a framed record itself (_commit_in_send)
     # Coroutines waiting for room or for delivery (asend(), aflush()): each a function that
     # wakes one through its loop, called once by the delivery thread when the queue moves.
     _async_wakers: list[Callable[[], None]]
@@ -76,6 +78,7 @@ class SendQueue(AsyncSending):
         self._set_mutex(threading.RLock())
         self._queue = collections.deque()
         self._queued_bytes = self._credit = self._granted = self._framed = 0
+        self._direct = False
         self._in_flight = self._sent = self._blocked = self._last_direct = 0
         self._worker_idle = self._healthy = False
         self._abort = threading.Event()
@@ -123,9 +126,13 @@ class SendQueue(AsyncSending):
         queue = self._queue
         writer = self._writer
         assert writer is not None  # send() found the sender healthy, under this same mutex
-        if not queue and self._worker_idle and self._inline and writer.commit_now(b"", 1, parts):
-            self._sent += 1
-            return
+        if not queue and self._worker_idle and self._inline:
+            if writer.commit_now(b"", 1, parts):
+                self._sent += 1
+                return
+            if size > self._queue_bytes:  # it would fill the queue alone: wait for the pipe here
+                self._commit_in_send(parts, timeout)
+                return
         if queue and self._no_room_for(size):
             self._wait_for_room(size, timeout)
             queue = self._queue
@@ -136,6 +143,44 @@ class SendQueue(AsyncSending):
             self._worker_idle = False
             self._cond.notify()
         self._grant()
+
+    def _commit_in_send(self, parts: list[Buffer], timeout: float | None) -> None:
+        """Write a framed record bigger than the queue's byte bound from send() itself, once the
+        pipe has room: its one copy, where queueing it would make two (its snapshot, then the
+        record).  Called under the mutex (held once) with the queue empty and the delivery
+        thread idle; the mutex is let go while it waits, as it is while the queue is full, and
+        the delivery thread leaves the writer alone meanwhile (``_direct``) -- packets sent
+        meanwhile queue behind this one."""
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        writer = self._writer
+        assert writer is not None
+        abort = self._abort
+
+        class Until:  # what the writer's wait checks: closing, or the timeout
+            @staticmethod
+            def is_set() -> bool:
+                return abort.is_set() or not self._healthy or (deadline is not None and time.monotonic() > deadline)
+
+        self._direct = True
+        self._blocked += 1
+        self._unlock()
+        try:
+            written = writer.commit_batch(b"", 1, Until, parts)  # type: ignore[arg-type]  # an Event's is_set() is all it calls
+        finally:
+            self._lock()
+            self._direct = False
+            self._blocked -= 1
+            self._cond.notify_all()
+        if written:
+            self._sent += 1
+            return
+        if not self._healthy:
+            self._raise_unhealthy()
+        raise PipeTimeoutError(
+            f"send() waited {timeout}s for room in pipe {self._shown!r} for a packet of {sum(map(len, parts))} "
+            "bytes; its receivers are not keeping up"
+        )
 
     def _grant(self) -> None:
         """Give send()'s fast path a credit of bytes to queue without the slow checks.
@@ -244,7 +289,7 @@ class SendQueue(AsyncSending):
         while True:
             with self._mutex:
                 idle = False
-                while not self._queue:
+                while not self._queue or self._direct:  # _direct: send() has the writer
                     if stopping.is_set():
                         return
                     self._worker_idle = True

@@ -173,6 +173,8 @@ class SafeSender(SendQueue):
             self._cond.notify_all()
         ended = worker.stop(timeout=10.0)
         with self._mutex:
+            while self._direct:  # a send() writing a large packet itself sees the close and stops
+                self._cond.wait(0.1)
             lost = len(self._queue) + self._in_flight
             self._queue.clear()
             self._queued_bytes = self._in_flight = self._credit = self._granted = 0

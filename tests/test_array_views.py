@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import random
+import threading
 import time
 import zlib
 from typing import Any
@@ -320,3 +321,43 @@ def test_an_undamaged_frame_decodes_whole() -> None:
     assert damage is None
     assert_same(_frames.release_views(packets[0], copy=True), packet)
     assert L.RECORD_HEADER % 8 == 0  # so the items of a record in a ring stay 8-byte aligned
+
+
+# ------------------------------------------------------------------ a packet bigger than the queue
+def test_a_packet_bigger_than_the_queue_waits_for_the_pipe_in_send_and_honours_its_timeout(name: str) -> None:
+    """A framed packet over the queue's 1 MiB bound is written by send() itself once the
+    pipe has room (one copy, no snapshot): while a receiver's views hold the pipe full,
+    send() waits, raising PipeTimeoutError after its timeout, and PipeClosedError when
+    another thread closes the sender."""
+    capacity = 4 << 20
+    frame = np.full(1_500_000, 3, "u1")
+    with pipebit.SafeReceiver(name, 0, capacity=capacity) as receiver:
+        sender = pipebit.SafeSender(name, 0, capacity=capacity)
+        try:
+            sender.send([0, frame])
+            sender.send([1, frame])
+            sender.flush()
+            held = receiver.receive(timeout=5, copy=False)  # views: the two records stay unread
+            while len(held) < 2:
+                held += receiver.receive(timeout=5, copy=False)
+            assert [seq for seq, _ in held] == [0, 1]
+            started = time.monotonic()
+            with pytest.raises(pipebit.PipeTimeoutError, match="receivers are not keeping up"):
+                sender.send([2, frame], timeout=0.3)
+            assert time.monotonic() - started < 5
+            assert sender.stats().packets == 2  # the timed-out packet was not accepted
+
+            def close_soon() -> None:
+                time.sleep(0.3)
+                sender.close_connection(timeout=0.1)
+
+            closer = threading.Thread(target=close_soon)
+            closer.start()
+            with pytest.raises(pipebit.PipeClosedError):
+                sender.send([3, frame])  # no timeout: only the close ends the wait
+            closer.join(10)
+            del held
+            gc.collect()
+        finally:
+            sender.close_connection()
+        assert receiver.receive(timeout=0.5) == []  # neither packet 2 nor 3 went in
