@@ -33,6 +33,7 @@ from ._limits import (
     DEFAULT_RECEIVE_TIMEOUT,
     FAST_STARTS,
     PLAIN_SECONDS,
+    FastStart,
     Packet,
     Sendable,
     check_flag,
@@ -221,7 +222,7 @@ class FastReceiver(Endpoint):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "current",
+        start: FastStart = "current",
         slot_size: int | None = None,
         create: bool = True,
     ) -> None:

@@ -47,7 +47,9 @@ from ._limits import (
     QUEUE_BYTES,
     SAFE_STARTS,
     Packet,
+    SafeStart,
     Sendable,
+    Spin,
     check_capacity,
     check_count,
     check_flag,
@@ -302,11 +304,11 @@ class SafeReceiver(ReceiveCache):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "unread",
+        start: SafeStart = "unread",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
-        spin: Union[float, str] = "auto",
+        spin: Spin = "auto",
         create: bool = True,
     ) -> None:
         super().__init__(name, debug, create)
