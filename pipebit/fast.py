@@ -177,7 +177,7 @@ class FastSender(Endpoint):
             try:
                 encoded = self._pack(data)
             except Exception as exc:
-                _codec.raise_encoding_error(exc)
+                _codec.raise_encoding_error(exc, data)
             if len(encoded) > self._limit:
                 raise too_big(self._shown, len(encoded), self._limit, what="slot_size", setting=self._limit)
         except BaseException:

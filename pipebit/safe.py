@@ -227,7 +227,7 @@ class SafeSender(SendQueue):
             try:
                 encoded = self._pack(data)  # the snapshot: later changes to data do not matter
             except Exception as exc:
-                _codec.raise_encoding_error(exc)
+                _codec.raise_encoding_error(exc, data)
             # The common case in a stream: the packet fits the credit _grant() left, so the
             # queue has room, the packet is not too big and the delivery thread is awake.
             credit = self._credit - len(encoded)
