@@ -41,8 +41,8 @@ def _shm_entries() -> set[str]:
     lock_dir = _shm.user_dir()  # first: creating it must not count as a leak
     entries = {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
     entries |= {f"{lock_dir.name}/{p.name}" for p in lock_dir.iterdir()}
-    # The user-wide lifecycle lock file is created once and kept by design.
-    entries.discard(f"{lock_dir.name}/.lifecycle.lock")
+    # Removing the user's last pipe removes the directory too; it is made again when needed.
+    entries.discard(lock_dir.name)
     return entries
 
 
