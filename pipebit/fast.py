@@ -62,8 +62,11 @@ class FastSender(Endpoint):
       differs from an existing pipe's raises :class:`CapacityMismatchError`.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
 
-    Thread safety: every method may be called from any thread; concurrent ``send()``
-    calls take turns (one writer per lane), and the last to publish wins.
+    Thread safety: any number of threads may call ``send()``, ``flush()`` and
+    ``stats()`` at once; concurrent ``send()`` calls take turns (one writer per
+    lane), and the last to publish wins.  ``close_connection()`` may be called while
+    other threads are in ``send()``.  Connect and disconnect (``open_connection()``,
+    ``close_connection()``) from one thread at a time.
     """
 
     _role = "sender"
@@ -210,8 +213,11 @@ class FastReceiver(Endpoint):
     * ``slot_size`` -- largest encoded packet, when this receiver creates the pipe.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`.
 
-    Thread safety: every method may be called from any thread; a value goes to one
-    ``receive()`` call only.
+    Thread safety: any number of threads may call ``receive()`` (or iterate) and
+    ``stats()`` at once; a value goes to one ``receive()`` call only.
+    ``close_connection()`` may be called while other threads are in ``receive()``: a
+    waiting call raises :class:`PipeClosedError`, and iteration ends.  Connect and
+    disconnect (``open_connection()``, ``close_connection()``) from one thread at a time.
     """
 
     _role = "receiver"

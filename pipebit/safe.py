@@ -86,8 +86,12 @@ class SafeSender(SendQueue):
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
       instead of being created.
 
-    Thread safety: ``send()``, ``flush()``, ``stats()`` and ``close_connection()``
-    may be called from any number of threads at once.
+    Thread safety: any number of threads may call ``send()``, ``flush()`` and
+    ``stats()`` at once; each thread's packets keep their order.
+    ``close_connection()`` may be called while other threads are in ``send()`` or
+    ``flush()``: a ``send()`` waiting for room then raises :class:`PipeClosedError`.
+    Connect and disconnect (``open_connection()``, ``close_connection()``) from one
+    thread at a time.
     """
 
     _role = "sender"
@@ -292,8 +296,12 @@ class SafeReceiver(ReceiveCache):
     elsewhere.  Over Redis the background thread always reads (``spin`` is
     accepted and changes nothing there).
 
-    Thread safety: every method may be called from any thread; packets go to
-    whichever ``receive()`` call takes them, each to one call only.
+    Thread safety: any number of threads may call ``receive()`` (or iterate) and
+    ``stats()`` at once; each packet goes to one ``receive()`` call only, the one
+    that takes it.  ``close_connection()`` may be called while other threads are in
+    ``receive()``: a waiting call raises :class:`PipeClosedError`, and iteration
+    ends.  Connect and disconnect (``open_connection()``, ``close_connection()``)
+    from one thread at a time.
     """
 
     _role = "receiver"

@@ -213,3 +213,22 @@ def private_shm_prefix(size: str) -> tuple[str, ...] | None:
         if probe.returncode == 0:
             return (*prefix, "sh", "-c", mount + ' && exec "$0" "$@"')
     return None
+
+
+def click_window(display: str, search: list[str], at: tuple[int, int], times: int) -> None:
+    """Find the window ``xdotool search SEARCH`` names on ``display`` (waiting for it to show) and
+    click it ``times`` times at ``at`` (relative to the window), a little apart."""
+    env = {**os.environ, "DISPLAY": display}
+    found = subprocess.run(
+        ["xdotool", "search", "--sync", "--onlyvisible", *search],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    window = found.stdout.split()[0]
+    for _ in range(times):
+        move = ["xdotool", "mousemove", "--window", window, str(at[0]), str(at[1]), "click", "1"]
+        subprocess.run(move, env=env, timeout=10, check=True)
+        time.sleep(0.2)
