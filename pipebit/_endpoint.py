@@ -165,6 +165,7 @@ class Endpoint:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Disconnect (``close_connection()``), whether the block ended normally or not."""
         self.close_connection()
 
     def __repr__(self) -> str:

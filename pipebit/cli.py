@@ -357,8 +357,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     receiver: while it runs, a Safe pipe's senders wait for it like for any other.
 
     With --wait, a pipe that does not exist yet is waited for (Ctrl-C ends the
-    wait with status 0), and once it appears every packet it holds is printed,
-    then new ones: nothing its first sender sent is missed.
+    wait with status 0), and once it appears every packet it still holds is
+    printed (Fast: its current value), then new ones.
 
     example:
       pipebit tail data_pipe
