@@ -1,6 +1,6 @@
 """Across machines: the same sender and receiver, with the pipe on a Redis server.
 
-    pip install "pipebit[redis]"
+    pip install ".[redis]"
     python examples/across_machines.py redis://:<password>@<host>:6379/0
 
 The sender and the receiver below run as two processes here; on two machines

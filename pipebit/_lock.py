@@ -50,23 +50,27 @@ def lifecycle(timeout: float = LIFECYCLE_TIMEOUT) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:  # removed since user_dir() looked: make it again
-            continue
+            fd = -1
         except OSError as exc:
             raise PipeBitError(f"cannot take the lifecycle lock {path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                os.close(fd)
+                raise PipeBitError(f"cannot take the lifecycle lock {path}: {exc}") from exc
+            else:
+                if _still_there(fd, path):
+                    break
             os.close(fd)
-            if time.monotonic() >= deadline:
-                raise PipeTimeoutError(
-                    f"waited {timeout:g}s for PipeBit's lifecycle lock {path}; another process is holding it"
-                ) from None
-            time.sleep(pause)
-            pause = min(pause * 2, LIFECYCLE_POLL[1])
-            continue
-        if _still_there(fd, path):
-            break
-        os.close(fd)
+        if time.monotonic() >= deadline:
+            raise PipeTimeoutError(
+                f"waited {timeout:g}s for PipeBit's lifecycle lock {path}; another process is holding it"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, LIFECYCLE_POLL[1])
     try:
         yield
     finally:
