@@ -36,6 +36,9 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
     api = (tmp_path / "html" / "api.html").read_text(encoding="utf-8")
     for name in public_names():
         assert f'id="pipebit.{name}"' in api, f"pipebit.{name} is not in the built API reference"
+    for endpoint in (pipebit.SafeSender, pipebit.SafeReceiver, pipebit.FastSender, pipebit.FastReceiver):
+        for attr in public_members(endpoint):
+            assert f'id="pipebit.{endpoint.__name__}.{attr}"' in api, f"{endpoint.__name__}.{attr} is not documented"
 
 
 def public_names() -> list[str]:
@@ -49,6 +52,16 @@ def test_the_api_reference_names_every_public_name() -> None:
     assert names == set(public_names())
 
 
+def public_members(cls: type) -> list[str]:
+    """The methods and properties a user calls on ``cls`` (inherited ones too)."""
+    return [
+        attr
+        for attr, member in inspect.getmembers(cls)
+        if (not attr.startswith("_") or attr == "__iter__")
+        and (inspect.isfunction(member) or isinstance(member, property))
+    ]
+
+
 def test_every_public_name_and_method_has_a_docstring() -> None:
     missing = []
     for name in public_names():
@@ -58,9 +71,8 @@ def test_every_public_name_and_method_has_a_docstring() -> None:
         if not inspect.getdoc(obj):
             missing.append(name)
         if inspect.isclass(obj) and not issubclass(obj, BaseException):
-            for attr, member in inspect.getmembers(obj):
-                public = not attr.startswith("_") or attr in ("__iter__", "__enter__", "__exit__")
-                documentable = inspect.isfunction(member) or isinstance(member, property)
-                if public and documentable and not inspect.getdoc(member):
+            context_manager = [attr for attr in ("__enter__", "__exit__") if hasattr(obj, attr)]
+            for attr in [*public_members(obj), *context_manager]:
+                if not inspect.getdoc(getattr(obj, attr)):
                     missing.append(f"{name}.{attr}")
     assert missing == []
