@@ -2,8 +2,10 @@
 
 The blocks of one page run in order in one fresh interpreter, sharing their names like the cells of a
 notebook (a page reads top to bottom), with a private /dev/shm where the machine allows one (else the
-pipes a page leaves are removed after it).  A block that cannot run alone is marked, visibly, by the
-line before it:
+pipes a page leaves are removed after it).  A ```console block is a shell session run at its place in
+the page: each ``$ `` line is a command that must succeed and print the lines below it (``...`` in a
+line matches any text, and a run of spaces any run of spaces).  ```sh and ```text blocks are shown,
+not run.  A block that cannot run alone is marked, visibly, by the line before it:
 
     <!-- not-run: why -->
 
@@ -59,19 +61,54 @@ def blocks(page: Path) -> list[Block]:
     return found
 
 
+RUN = ("python", "console")  # the languages of the blocks that run
+
+
 def runnable(page: Path) -> list[Block]:
-    return [b for b in blocks(page) if b.language == "python" and b.not_run is None]
+    return [b for b in blocks(page) if b.language in RUN and b.not_run is None]
 
 
-# Runs the blocks (a JSON list of [line, code]) in one namespace; says which one failed, and how.
+def cells(page: Path) -> list[list[str]]:
+    """What the runner runs: ``[first line, language, code]`` of each block, code placed at its
+    line, so that a traceback names the page's own line."""
+    return [[str(b.line + 1), b.language, "\n" * b.line + b.code] for b in runnable(page)]
+
+
+# Runs the cells in one namespace, and console sessions in between; says which block failed, and how.
 RUNNER = r"""
-import json, sys, traceback, warnings
+import json, os, re, subprocess, sys, traceback, warnings
 warnings.simplefilter("error")  # a block that warns (undelivered packets, say) is a block that is wrong
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")  # `pipebit`
 page, cells = sys.argv[1], json.loads(sys.stdin.read())
 namespace = {"__name__": "__main__"}
-for line, code in cells:
+
+def session(text):
+    steps = []  # (command, expected output lines)
+    for line in text.strip("\n").splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        else:
+            steps[-1][1].append(line)
+    return steps
+
+def matches(expected, got):  # runs of spaces are one space (aligned columns), "..." any text
+    parts = re.split(r"(\.\.\.)", " ".join(expected.split()))
+    pattern = "".join(".*" if part == "..." else re.escape(part) for part in parts)
+    return re.fullmatch(pattern, " ".join(got.split())) is not None
+
+def run_session(text):
+    for command, expected in session(text):
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
+        got = done.stdout.splitlines()
+        if done.returncode or len(got) != len(expected) or not all(map(matches, expected, got)):
+            raise AssertionError(f"$ {command}\nexit {done.returncode}, printed:\n{done.stdout}{done.stderr}")
+
+for line, language, code in cells:
     try:
-        exec(compile(code, page, "exec"), namespace)
+        if language == "console":
+            run_session(code)
+        else:
+            exec(compile(code, page, "exec"), namespace)
     except BaseException:
         print(f"the block at {page}:{line} failed:\n{traceback.format_exc()}", file=sys.stderr)
         sys.exit(1)
@@ -81,13 +118,12 @@ print("all blocks ran")
 
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p)], ids=lambda p: p.name)
 def test_every_python_block_runs(page: Path) -> None:
-    cells = [[f"{b.line + 1}", "\n" * b.line + b.code] for b in runnable(page)]  # tracebacks name the page's lines
     prefix = private_shm_prefix("256m") or ()
     before = set() if prefix else {p.name for p in pipebit.list_pipes()}
     try:
         result = subprocess.run(
             [*prefix, sys.executable, "-c", RUNNER, str(page.relative_to(ROOT))],
-            input=json.dumps(cells),
+            input=json.dumps(cells(page)),
             capture_output=True,
             text=True,
             timeout=180,
@@ -109,7 +145,7 @@ def test_not_run_blocks_are_few_and_say_why() -> None:
     print(f"\n{len(marked)} block(s) not run:\n{listing}")
     assert len(marked) <= MOST_NOT_RUN, listing
     for block in marked:
-        assert block.language == "python", f"{block.page.name}:{block.line}: only python blocks are run; unmark it"
+        assert block.language in RUN, f"{block.page.name}:{block.line}: {block.language} blocks are not run; unmark it"
         assert len(block.not_run or "") >= 15, f"{block.page.name}:{block.line}: say why it cannot run"
 
 
@@ -117,21 +153,31 @@ def test_the_runner_finds_blocks_and_a_failing_block_fails(tmp_path: Path) -> No
     page = tmp_path / "page.md"
     page.write_text(
         "text\n\n```python\nx = 1\n```\n\n<!-- not-run: a reason long enough -->\n```python\nraise SystemExit(3)\n```\n"
+        "\n```console\n$ echo one; echo two\none\nt...\n$ true\n```\n"
         "\n```python\nassert x == 2, 'x is ' + str(x)\n```\n",
         encoding="utf-8",
     )
     found = blocks(page)
-    assert [(b.line, b.not_run) for b in found] == [(3, None), (8, "a reason long enough"), (12, None)]
-    cells = [[str(b.line + 1), "\n" * b.line + b.code] for b in runnable(page)]
-    result = subprocess.run(
-        [sys.executable, "-c", RUNNER, "page.md"],
-        input=json.dumps(cells),
+    assert [(b.line, b.not_run) for b in found] == [(3, None), (8, "a reason long enough"), (12, None), (19, None)]
+    result = run_cells(page, tmp_path)
+    assert result.returncode == 1
+    assert "the block at page.md:20 failed" in result.stderr  # the session passed; the last block did not
+    assert 'page.md", line 20' in result.stderr  # the page's own line
+    assert "x is 1" in result.stderr
+    page.write_text("```console\n$ echo one\ntwo\n```\n", encoding="utf-8")
+    result = run_cells(page, tmp_path)
+    assert result.returncode == 1
+    assert "the block at page.md:2 failed" in result.stderr
+    assert "$ echo one" in result.stderr
+
+
+def run_cells(page: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, page.name],
+        input=json.dumps(cells(page)),
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        cwd=cwd,
     )
-    assert result.returncode == 1
-    assert "the block at page.md:13 failed" in result.stderr
-    assert 'page.md", line 13' in result.stderr  # the page's own line
-    assert "x is 1" in result.stderr
