@@ -103,7 +103,7 @@ def frame_packet(packet: Sendable) -> tuple[list[Buffer], int]:
     try:
         return frame(packet, _pack_unsupported)
     except Exception as exc:
-        raise_encoding_error(exc)
+        raise_encoding_error(exc, packet)
 
 
 _local = threading.local()
@@ -136,25 +136,40 @@ def not_a_packet(packet: object) -> PacketTypeError:
     return PacketTypeError(f"a packet must be a list or tuple, not {type(packet).__name__!r}")
 
 
-def encoding_error(exc: Exception) -> Exception:
-    """Translate an exception raised while packing into the PipeBit error to raise."""
+def encoding_error(exc: Exception, packet: object = None) -> Exception:
+    """Translate an exception raised while packing ``packet`` into the PipeBit error to raise.
+
+    A :class:`PacketTypeError` names where the value sits (``packet[1]['t'][1]: datetime: ...``),
+    found by walking ``packet`` again: this runs only once packing has failed, so a packet that
+    encodes pays nothing for it.
+    """
     if isinstance(exc, PacketTypeError):
-        return exc
-    if isinstance(exc, UnicodeEncodeError):  # a str holding a lone surrogate has no UTF-8 form
-        return PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}")
-    if isinstance(exc, ValueError):  # "recursion limit exceeded": too deep, or a list containing itself
+        error = exc
+    elif isinstance(exc, UnicodeEncodeError):  # a str holding a lone surrogate has no UTF-8 form
+        error = PacketTypeError(f"a packet cannot carry a str that is not valid Unicode text: {exc}")
+    elif isinstance(exc, BufferError):  # msgpack takes a memoryview's bytes only when they are contiguous
+        error = PacketTypeError(
+            f"a packet cannot carry a memoryview whose bytes are not contiguous ({exc}): send bytes(view)"
+        )
+    elif isinstance(exc, ValueError):  # "recursion limit exceeded": too deep, or a list containing itself
         return PacketSizeError(
             f"packet nests too deeply: a value may sit at most {MAX_DEPTH} levels deep, the packet's own "
             f"list being level 1 (or it contains itself): {exc}"
         )
-    if isinstance(exc, (TypeError, OverflowError)):  # msgpack's own refusals
-        return PacketTypeError(f"packet cannot be encoded: {exc}")
-    return exc
+    elif isinstance(exc, (TypeError, OverflowError)):  # msgpack's own refusals
+        error = PacketTypeError(f"packet cannot be encoded: {exc}")
+    else:
+        return exc
+    found = _find_uncarriable(packet)
+    if found is None:
+        return error
+    where, value = found
+    return PacketTypeError(f"{where}: {type(value).__name__}: {error}")
 
 
-def raise_encoding_error(exc: Exception) -> NoReturn:
-    """Raise the PipeBit error for an exception raised while packing (``exc`` itself if it is one)."""
-    error = encoding_error(exc)
+def raise_encoding_error(exc: Exception, packet: object = None) -> NoReturn:
+    """Raise the PipeBit error for an exception raised while packing ``packet``."""
+    error = encoding_error(exc, packet)
     if error is exc:
         raise exc
     raise error from exc
@@ -172,10 +187,58 @@ def encode_update(
     try:
         encoded = pack(data)
     except Exception as exc:
-        raise_encoding_error(exc)
+        raise_encoding_error(exc, data)
     if len(encoded) > slot_size:
         raise too_big(shown, len(encoded), slot_size, what="slot_size", setting=slot_size)
     return encoded
+
+
+# Values the packer always takes as they are: no need to try them one by one.
+_PLAIN_LEAVES = (type(None), bool, int, float, bytes)
+
+
+def _find_uncarriable(packet: object) -> tuple[str, object] | None:
+    """Where in ``packet`` the first value the packer refuses sits, and that value: a path
+    such as ``packet[1]['t'][1]`` (``a key of packet[0]`` for a dict key), or ``None``.
+
+    Walks the containers in the packer's own order, and tries each other value alone with
+    the same packer, so that what it finds is what the packer refused, whatever the rule.
+    Iterative (a value may sit deeper than Python's recursion limit) and safe against a
+    container that holds itself.  Called only after packing failed.
+    """
+    if not isinstance(packet, (list, tuple)):
+        return None
+    pack = _packer()
+    # Each entry: (path, value, ids of the containers above it); keys carry their dict's path.
+    pending: list[tuple[str, object, frozenset[int]]] = [("packet", packet, frozenset())]
+    while pending:
+        where, value, above = pending.pop()
+        if isinstance(value, (list, tuple, dict)):
+            if id(value) in above or len(above) > MAX_DEPTH:
+                continue  # contains itself, or too deep: that is a PacketSizeError, not ours to find
+            inside = above | {id(value)}
+            in_key = where.startswith("a key of ")  # a key is named by its dict, whatever it holds
+            children: list[tuple[str, object, frozenset[int]]] = []
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    children.append((where if in_key else f"a key of {where}", key, inside))
+                    children.append((where if in_key else f"{where}[{_short_repr(key)}]", item, inside))
+            else:
+                children = [
+                    (where if in_key else f"{where}[{index}]", item, inside) for index, item in enumerate(value)
+                ]
+            pending.extend(reversed(children))  # popped in the packer's order
+        elif type(value) not in _PLAIN_LEAVES:
+            try:
+                pack(value)
+            except Exception:
+                return where, value
+    return None
+
+
+def _short_repr(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def encode(packet: object) -> bytes:
@@ -188,7 +251,7 @@ def encode(packet: object) -> bytes:
     try:
         return _packer()(packet)
     except Exception as exc:
-        raise_encoding_error(exc)
+        raise_encoding_error(exc, packet)
 
 
 def array_header(count: int) -> bytes:

@@ -31,7 +31,7 @@ import sys
 import threading
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from ._limits import check_debug
 from ._stats import EndpointStats
@@ -54,6 +54,10 @@ _child_exit: Finalize[None] | None = None
 # Pool's 15 is the standard library's highest: at 20, senders flush while this
 # process's own children and pools -- perhaps where their receivers are -- still run.
 CHILD_EXIT_PRIORITY = 20
+
+# What ``with SafeSender(...) as s`` gives a type checker for ``s``: the endpoint's own class
+# (typing.Self needs Python 3.11, and typing_extensions is not a dependency).
+EndpointT = TypeVar("EndpointT", bound="Endpoint")
 
 
 def _enable_debug_output() -> None:
@@ -155,11 +159,13 @@ class Endpoint:
         """What ``repr()`` says of the pipe's size while connected."""
         raise NotImplementedError
 
-    def __enter__(self) -> Any:
+    def __enter__(self: EndpointT) -> EndpointT:
+        """Connect (if not connected) and return this endpoint, of its own class."""
         self.open_connection()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        """Disconnect (``close_connection()``), whether the block ended normally or not."""
         self.close_connection()
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ def read_stats(pipe: Pipe) -> PipeStats:
     safe = pipe.model == L.MODEL_SAFE
     with pipe.lock:
         head, tail, written = h[L.HEAD], h[L.TAIL], h[L.PACKETS]
+        lanes = {} if safe else _fast_senders_published(pipe)
         participants = []
         for index in range(min(h[L.SLOT_HIGH], L.SLOT_COUNT)):
             base = L.slot_base(index)
@@ -44,7 +45,7 @@ def read_stats(pipe: Pipe) -> PipeStats:
                     pid=h[base + L.S_PID],
                     alive=pipe.slot_alive(index),
                     attached_at=h[base + L.S_ATTACHED_NS] / 1e9,
-                    packets=h[base + L.S_COUNT],
+                    packets=lanes.get(index, h[base + L.S_COUNT]),
                     lag=lag,
                     waiting=bool(h[base + L.S_WAITING]),
                 )
@@ -93,6 +94,26 @@ def _fast_register(pipe: Pipe) -> tuple[int, int, int]:
         lane, buffer = (latest >> 1) & 0x7F, latest & 1
         used = words[L.fast_buffer_offset(pipe.capacity, lane, buffer) // 8 + L.B_LENGTH]
     return used, written, newest
+
+
+def _fast_senders_published(pipe: Pipe) -> dict[int, int]:
+    """Packets published by each Fast sender that owns a lane, by slot: ``(seq - first_seq) / 2``
+    of its lane, counted up to the last publication complete.
+
+    A sender stores its own count in its slot only every 256 publications and when it
+    closes (a store per update would be paid on the hot path); the lane counts them all.
+    Read under the writers' lock, so that no owner changes meanwhile.
+    """
+    words, h = pipe.words, pipe.header
+    published = {}
+    for lane in range(L.LANES):
+        entry = (L.LANE_TABLE + lane * L.LANE_ENTRY) // 8
+        owner, token, first = words[entry + L.L_OWNER], words[entry + L.L_OWNER_TOKEN], words[entry + L.L_FIRST_SEQ]
+        if not 0 < owner <= L.SLOT_COUNT or h[L.slot_base(owner - 1) + L.S_TOKEN] != token:
+            continue  # free, or damaged, or its owner's slot was taken since
+        seqs = [words[L.fast_buffer_offset(pipe.capacity, lane, b) // 8 + L.B_SEQ] for b in (0, 1)]
+        published[owner - 1] = max((max(seqs) & ~1) - first, 0) // 2
+    return published
 
 
 def _names_of_segments() -> set[str]:

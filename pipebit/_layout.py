@@ -143,6 +143,7 @@ F_LATEST = 0
 F_SLEEPERS = 8 // 8
 LANE_TABLE = 64
 LANE_ENTRY = 64
+L_OWNER, L_OWNER_TOKEN, L_FIRST_SEQ = 0, 1, 2  # u64 indices inside a lane table entry
 BUFFERS = LANE_TABLE + LANES * LANE_ENTRY
 BUFFER_HEADER = 32
 B_SEQ, B_LENGTH, B_WRITE_NS = 0, 1, 2  # u64 indices inside a buffer header

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, List, Tuple, Union
+from typing import Any, List, Literal, Tuple, Union, get_args
 
 from . import _layout as L
 from .errors import ArgumentTypeError, CapacityMismatchError, InvalidArgumentError, InvalidNameError, PacketSizeError
@@ -18,6 +18,12 @@ Packet = List[Any]
 """What a receiver gets: one packet, a list."""
 Sendable = Union[List[Any], Tuple[Any, ...]]
 """What ``send()`` takes: a list or a tuple."""
+SafeStart = Literal["unread", "oldest", "new"]
+"""Where a Safe receiver begins among the retained packets (its ``start``)."""
+FastStart = Literal["current", "new"]
+"""Where a Fast receiver begins (its ``start``)."""
+Spin = Union[float, Literal["auto"]]
+"""A Safe receiver's ``spin``: ``"auto"`` or seconds."""
 
 # ------------------------------------------------------------------ defaults
 DEFAULT_CAPACITY = 4 << 20  # bytes of a Safe pipe's ring
@@ -30,8 +36,8 @@ DEFAULT_MAX_CACHED = 65536  # packets a Safe receiver reads ahead
 DEFAULT_MAX_CACHED_BYTES = 64 << 20  # bytes a Safe receiver reads ahead
 MAX_RECORD_PACKETS = 8192  # packets per record (or stream entry): bounds a receiver's read-ahead
 MAX_SPIN = 1.0  # seconds: the longest a receiver may be asked to poll before sleeping
-SAFE_STARTS = ("unread", "oldest", "new")
-FAST_STARTS = ("current", "new")
+SAFE_STARTS: tuple[str, ...] = get_args(SafeStart)
+FAST_STARTS: tuple[str, ...] = get_args(FastStart)
 
 # ------------------------------------------------------------------- names
 NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"

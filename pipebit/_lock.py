@@ -6,9 +6,9 @@ by ``SIGKILL``.  ``flock`` locks belong to the open file description, not to the
 process, so two endpoints in one process exclude each other just as two
 processes do.
 
-* :func:`lifecycle` -- user-wide, around creating, resetting and removing pipes.
-  These are rare, so the convenience of :mod:`filelock` (timeouts, its care with
-  lock files unlinked under it) is worth its ~70 us.
+* :func:`lifecycle` -- user-wide, around creating, resetting and removing pipes:
+  a ``flock`` on the per-user directory itself, so that removing a user's last
+  pipe can remove the directory too (under this lock), leaving nothing behind.
 * :class:`WriterLock` -- per pipe, around every commit to the ring and every change
   to the participant table.  On the hot path, so a raw ``flock`` on a descriptor
   opened once (~1 us for a lock/unlock pair here, against ~0.2 us for a POSIX
@@ -23,33 +23,68 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Iterator
-
-import filelock
 
 from . import _shm
 from .errors import PipeBitError, PipeTimeoutError
 
 LIFECYCLE_TIMEOUT = 30.0
+LIFECYCLE_POLL = (0.001, 0.05)  # seconds between tries while another process holds it: first, most
 
 
 @contextlib.contextmanager
 def lifecycle(timeout: float = LIFECYCLE_TIMEOUT) -> Iterator[None]:
-    """Hold the user-wide lifecycle lock; ``PipeTimeoutError`` after ``timeout`` seconds."""
-    lock = filelock.FileLock(_shm.lifecycle_path(), timeout=timeout, mode=0o600, thread_local=False)
-    try:
-        lock.acquire()
-    except filelock.Timeout as exc:
-        raise PipeTimeoutError(
-            f"waited {timeout:g}s for PipeBit's lifecycle lock {_shm.lifecycle_path()}; another process is holding it"
-        ) from exc
-    except OSError as exc:
-        raise PipeBitError(f"cannot take the lifecycle lock {_shm.lifecycle_path()}: {exc}") from exc
+    """Hold the user-wide lifecycle lock; ``PipeTimeoutError`` after ``timeout`` seconds.
+
+    The lock is a ``flock`` on the per-user directory.  Whoever holds it may remove
+    the directory once it is empty (:func:`pipebit._shm.remove_user_dir_if_empty`),
+    so a lock taken on a directory that is gone by then is let go, and the
+    directory made (and locked) anew.  Polled, as ``flock`` has no timeout:
+    creating and removing pipes is rare.
+    """
+    deadline, pause = time.monotonic() + timeout, LIFECYCLE_POLL[0]
+    while True:
+        path = _shm.user_dir()
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # removed since user_dir() looked: make it again
+            fd = -1
+        except OSError as exc:
+            raise PipeBitError(f"cannot take the lifecycle lock {path}: {exc}") from exc
+        if fd >= 0:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                os.close(fd)
+                raise PipeBitError(f"cannot take the lifecycle lock {path}: {exc}") from exc
+            else:
+                if _still_there(fd, path):
+                    break
+            os.close(fd)
+        if time.monotonic() >= deadline:
+            raise PipeTimeoutError(
+                f"waited {timeout:g}s for PipeBit's lifecycle lock {path}; another process is holding it"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, LIFECYCLE_POLL[1])
     try:
         yield
     finally:
-        lock.release()
+        os.close(fd)  # drops the lock
+
+
+def _still_there(fd: int, path: Path) -> bool:
+    """Whether the directory open as ``fd`` is still the one at ``path`` (not removed meanwhile)."""
+    held = os.fstat(fd)
+    try:
+        now = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return held.st_nlink > 0 and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 class WriterLock:

@@ -433,6 +433,7 @@ def remove_pipe(name: str, *, force: bool = False) -> list[str]:
                 busy=f"pipe {name!r} has {{live}} live process(es) attached; close them first or remove with force",
             )
         removed = _shm.remove_os_objects(name, L.SLOT_COUNT)
+        _shm.remove_user_dir_if_empty()  # the user's last pipe: leave no empty directory behind
     if not removed:
         raise PipeNotFoundError(f"no pipe named {name!r} exists")
     return removed

@@ -20,6 +20,7 @@ their errors into PipeBit errors.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import mmap
@@ -86,9 +87,21 @@ def slot_path(name: str, index: int) -> Path:
     return user_dir() / f"{name}.slot{index:02d}"
 
 
-def lifecycle_path() -> Path:
-    """The user-wide lock serialising creation, reset and removal of pipes."""
-    return user_dir() / ".lifecycle.lock"
+def remove_user_dir_if_empty() -> bool:
+    """Remove the per-user directory if it holds nothing (but the lifecycle lock file of
+    earlier versions); whether it did.  Call under the lifecycle lock: every file of the
+    directory is created under it, so none can appear meanwhile."""
+    path = user_dir()
+    try:
+        with os.scandir(path) as entries:
+            if {entry.name for entry in entries} - {".lifecycle.lock"}:
+                return False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / ".lifecycle.lock")
+        os.rmdir(path)
+    except OSError:  # not empty after all, or gone: either way it is not ours to remove now
+        return False
+    return True
 
 
 def open_lock_file(path: Path, *, create: bool = True) -> int:
@@ -299,8 +312,12 @@ def remove_os_objects(name: str, slot_count: int) -> list[str]:
 
 def names_in_user_dir() -> list[str]:
     """Real names of the pipes whose writers' lock file is in the per-user directory."""
-    names = []
-    for entry in os.listdir(user_dir()):
+    names: list[str] = []
+    try:
+        entries = os.listdir(user_dir())
+    except FileNotFoundError:  # the last pipe was removed, and the directory with it, just now
+        return names
+    for entry in entries:
         if entry.endswith(".lock") and not entry.startswith("."):
             candidate = entry[: -len(".lock")]
             if NAME_PATTERN.match(candidate):

@@ -106,8 +106,8 @@ class ShmFastWriter(Attachment):
         self.packet_len = int(pipe.header[L.PACKET_LEN])
         self._count = slot.base + L.S_COUNT
         offsets = [L.fast_buffer_offset(pipe.capacity, self._lane, b) for b in (0, 1)]
-        # Continue the lane's sequence (from the last even seq) so publications stay unique.
-        self._stamp = self._first_stamp = (max(words[o // 8 + L.B_SEQ] for o in offsets) + 1) & ~1
+        # Where _claim_lane() continued the lane's sequence, so that publications stay unique.
+        self._stamp = self._first_stamp = words[(L.LANE_TABLE + self._lane * L.LANE_ENTRY) // 8 + L.L_FIRST_SEQ]
         latest = words[L.F_LATEST]
         # Write first into the buffer readers are not looking at, then alternate:
         # the buffer of a publication follows from its stamp, bit 1.
@@ -139,8 +139,12 @@ class ShmFastWriter(Attachment):
                 still_owned = h[base + L.S_TOKEN] == token and h[base + L.S_ROLE] == L.ROLE_SENDER
                 if still_owned and pipe.slot_alive(owner - 1):
                     continue
-            words[entry + 1] = slot.token
-            words[entry] = slot.index + 1
+            # Continue the lane's sequence from its last even seq, and say where this owner
+            # began: its publications are then (seq - first_seq) / 2, for `pipebit stat`.
+            seqs = [words[L.fast_buffer_offset(pipe.capacity, lane, b) // 8 + L.B_SEQ] for b in (0, 1)]
+            words[entry + L.L_FIRST_SEQ] = (max(seqs) + 1) & ~1
+            words[entry + L.L_OWNER_TOKEN] = slot.token
+            words[entry + L.L_OWNER] = slot.index + 1
             return lane
         raise PipeBusyError(f"Fast pipe {name!r} already has {L.LANES} live senders; close one first")
 
@@ -171,7 +175,7 @@ class ShmFastWriter(Attachment):
             try:
                 encoded = self._pack(data)
             except Exception as exc:
-                _codec.raise_encoding_error(exc)
+                _codec.raise_encoding_error(exc, data)
             n = len(encoded)
             if n > self.slot_size:
                 raise too_big(self.shown, n, self.slot_size, what="slot_size", setting=self.slot_size)

@@ -265,7 +265,8 @@ def remove(name: str, *, force: bool = False) -> list[str]:
 
     Refuses with :class:`PipeBusyError` while live processes are attached, unless ``force``;
     they then see the pipe as removed.  :class:`PipeNotFoundError` if no part of it exists.
-    ``force`` also removes a shared-memory segment too damaged to read.
+    ``force`` also removes a shared-memory segment too damaged to read.  Removing the
+    user's last shared-memory pipe removes the per-user lock directory too.
     """
     address = parse(name)  # the name becomes file paths: never unchecked
     if isinstance(address, RedisPipe):

@@ -253,6 +253,14 @@ def _attach(cls: Any, name: str, expected: PipeStats, **options: Any) -> Any:
     return endpoint
 
 
+def _when_it_exists(name: str, stopped: Callable[[float], bool]) -> PipeStats | None:
+    """Wait until pipe ``name`` exists and return its snapshot; ``None`` if a stop signal came first."""
+    while not stopped(POLL):
+        with contextlib.suppress(PipeNotFoundError):
+            return pipe_stats(name)
+    return None
+
+
 def _check_fits(name: str, stats: PipeStats, packets: Sequence[List[Any]]) -> None:
     """Raise :class:`PacketSizeError` unless every packet meets the pipe's rules (its packet length,
     its largest packet).  A sender finds a packet it refuses only when it comes to it, with
@@ -348,12 +356,26 @@ def cmd_tail(args: argparse.Namespace) -> int:
     ends tail with status 1, after the packets before it.  tail attaches a
     receiver: while it runs, a Safe pipe's senders wait for it like for any other.
 
+    With --wait, a pipe that does not exist yet is waited for (Ctrl-C ends the
+    wait with status 0), and once it appears every packet it still holds is
+    printed (Fast: its current value), then new ones.
+
     example:
       pipebit tail data_pipe
       pipebit tail -n 5 --json data_pipe   # the last 5 retained, then new ones
+      pipebit tail --wait data_pipe        # before the pipe's first sender starts
     """
-    stats, last = pipe_stats(args.name), args.n or 0
+    last = args.n or 0
     with _stop_signals_held() as stopped:  # before attaching: the receiver's thread inherits the mask
+        try:
+            stats = pipe_stats(args.name)
+        except PipeNotFoundError:
+            if not args.wait:
+                raise
+            appeared = _when_it_exists(args.name, stopped)
+            if appeared is None:
+                return 0
+            stats, last = appeared, sys.maxsize  # all of it is new to us
         if stats.model == "fast":
             receiver = _attach(FastReceiver, args.name, stats, start="current" if last else "new")
         else:
@@ -527,6 +549,7 @@ def _parser() -> argparse.ArgumentParser:
         sub[name].add_argument("--json", action="store_true", help="print JSON")
     sub["ls"].add_argument("url", nargs="?", metavar="URL", help="a Redis server: redis://host:port/db")
     sub["tail"].add_argument("-n", type=_count, metavar="K", help="first the last K retained (Fast: the current value)")
+    sub["tail"].add_argument("--wait", action="store_true", help="wait for a pipe that does not exist yet")
     sub["send"].add_argument("packets", nargs="+", type=_packet, metavar="JSON", help="a packet: a JSON array")
     sub["send"].add_argument("--timeout", type=_seconds, metavar="S", help="give up after S s if the pipe stays full")
     sub["rm"].add_argument("names", nargs="+", metavar="NAME", help="a pipe's name")

@@ -33,6 +33,7 @@ from ._limits import (
     DEFAULT_RECEIVE_TIMEOUT,
     FAST_STARTS,
     PLAIN_SECONDS,
+    FastStart,
     Packet,
     Sendable,
     check_flag,
@@ -61,8 +62,11 @@ class FastSender(AsyncSending):
 
     asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
 
-    Thread safety: every method may be called from any thread; concurrent ``send()``
-    calls take turns (one writer per lane), and the last to publish wins.
+    Thread safety: any number of threads may call ``send()``, ``flush()`` and
+    ``stats()`` at once; concurrent ``send()`` calls take turns (one writer per
+    lane), and the last to publish wins.  ``close_connection()`` may be called while
+    other threads are in ``send()``.  Connect and disconnect (``open_connection()``,
+    ``close_connection()``) from one thread at a time.
     """
 
     _role = "sender"
@@ -225,8 +229,11 @@ class FastReceiver(AsyncReceiving):
     asyncio: ``await areceive()``, ``async for value in receiver``, ``async with``, and
     ``fileno()`` for other event loops (``docs/asyncio.md``).
 
-    Thread safety: every method may be called from any thread; a value goes to one
-    ``receive()`` call only.
+    Thread safety: any number of threads may call ``receive()`` (or iterate) and
+    ``stats()`` at once; a value goes to one ``receive()`` call only.
+    ``close_connection()`` may be called while other threads are in ``receive()``: a
+    waiting call raises :class:`PipeClosedError`, and iteration ends.  Connect and
+    disconnect (``open_connection()``, ``close_connection()``) from one thread at a time.
     """
 
     _role = "receiver"
@@ -237,7 +244,7 @@ class FastReceiver(AsyncReceiving):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "current",
+        start: FastStart = "current",
         slot_size: int | None = None,
         create: bool = True,
     ) -> None:

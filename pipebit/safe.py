@@ -48,7 +48,9 @@ from ._limits import (
     QUEUE_BYTES,
     SAFE_STARTS,
     Packet,
+    SafeStart,
     Sendable,
+    Spin,
     check_capacity,
     check_count,
     check_flag,
@@ -87,8 +89,12 @@ class SafeSender(SendQueue):
 
     asyncio: ``await asend(packet)``, ``await aflush()``, ``async with`` (``docs/asyncio.md``).
 
-    Thread safety: ``send()``, ``flush()``, ``stats()`` and ``close_connection()``
-    may be called from any number of threads at once.
+    Thread safety: any number of threads may call ``send()``, ``flush()`` and
+    ``stats()`` at once; each thread's packets keep their order.
+    ``close_connection()`` may be called while other threads are in ``send()`` or
+    ``flush()``: a ``send()`` waiting for room then raises :class:`PipeClosedError`.
+    Connect and disconnect (``open_connection()``, ``close_connection()``) from one
+    thread at a time.
     """
 
     _role = "sender"
@@ -232,7 +238,7 @@ class SafeSender(SendQueue):
                 encoded = self._pack(data)  # the snapshot: later changes to data do not matter
             except Exception as exc:
                 if exc.__class__ is not OutOfBand:
-                    _codec.raise_encoding_error(exc)
+                    _codec.raise_encoding_error(exc, data)
                 self._send_framed(data, timeout)  # it holds a large array: a record of its own
                 self._unlock()
                 return
@@ -303,8 +309,12 @@ class SafeReceiver(ReceiveCache):
     asyncio: ``await areceive()``, ``async for packet in receiver``, ``async with``, and
     ``fileno()`` for other event loops (``docs/asyncio.md``).
 
-    Thread safety: every method may be called from any thread; packets go to
-    whichever ``receive()`` call takes them, each to one call only.
+    Thread safety: any number of threads may call ``receive()`` (or iterate) and
+    ``stats()`` at once; each packet goes to one ``receive()`` call only, the one
+    that takes it.  ``close_connection()`` may be called while other threads are in
+    ``receive()``: a waiting call raises :class:`PipeClosedError`, and iteration
+    ends.  Connect and disconnect (``open_connection()``, ``close_connection()``)
+    from one thread at a time.
     """
 
     _role = "receiver"
@@ -315,11 +325,11 @@ class SafeReceiver(ReceiveCache):
         name: str,
         debug: Union[int, bool] = 0,
         *,
-        start: str = "unread",
+        start: SafeStart = "unread",
         capacity: int | None = None,
         max_cached: int = DEFAULT_MAX_CACHED,
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
-        spin: Union[float, str] = "auto",
+        spin: Spin = "auto",
         create: bool = True,
     ) -> None:
         super().__init__(name, debug, create)

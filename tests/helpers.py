@@ -7,9 +7,11 @@ so on; :meth:`Child.expect` waits for a line by its first word, failing the test
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
+import shutil
 import signal
 import struct
 import subprocess
@@ -191,3 +193,42 @@ def poke_head(name: str, change: int) -> None:
     raw = segment_path(name).read_bytes()
     head = struct.unpack_from("=Q", raw, L.HEAD * 8)[0]
     poke(name, L.HEAD * 8, struct.pack("=Q", head + change))
+
+
+@functools.cache
+def private_shm_prefix(size: str) -> tuple[str, ...] | None:
+    """A command prefix that runs its command with a private tmpfs of ``size`` (``"2m"``) on
+    /dev/shm, or None.
+
+    As root, ``unshare -m``; otherwise ``unshare -r -m`` (a user namespace) where
+    the system allows it.  The mount is private to the child: nothing leaks.
+    """
+    if shutil.which("unshare") is None:
+        return None
+    mount = f"mount -t tmpfs -o size={size} tmpfs /dev/shm"
+    for prefix in (("unshare", "-m"), ("unshare", "-r", "-m")):
+        if prefix == ("unshare", "-m") and os.geteuid() != 0:
+            continue
+        probe = subprocess.run([*prefix, "sh", "-c", mount], capture_output=True, timeout=30, check=False)
+        if probe.returncode == 0:
+            return (*prefix, "sh", "-c", mount + ' && exec "$0" "$@"')
+    return None
+
+
+def click_window(display: str, search: list[str], at: tuple[int, int], times: int) -> None:
+    """Find the window ``xdotool search SEARCH`` names on ``display`` (waiting for it to show) and
+    click it ``times`` times at ``at`` (relative to the window), a little apart."""
+    env = {**os.environ, "DISPLAY": display}
+    found = subprocess.run(
+        ["xdotool", "search", "--sync", "--onlyvisible", *search],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    window = found.stdout.split()[0]
+    for _ in range(times):
+        move = ["xdotool", "mousemove", "--window", window, str(at[0]), str(at[1]), "click", "1"]
+        subprocess.run(move, env=env, timeout=10, check=True)
+        time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import pytest
 
 import pipebit
-from pipebit import _endpoint, _shm, errors, safe
+from pipebit import _endpoint, _shm, _stats, errors, fast, safe
 
 from .redis_server import both_transports
 
@@ -52,16 +53,17 @@ def test_all_is_sorted_constants_first() -> None:
     assert pipebit.__all__ == sorted(pipebit.__all__, key=lambda export: (not export.isupper(), export))
 
 
-def test_every_public_exception_and_endpoint_is_exported() -> None:
-    for module in (errors, safe):
+def test_every_public_exception_endpoint_and_stats_record_is_exported() -> None:
+    for module in (errors, safe, fast, _stats):
         for attr, obj in vars(module).items():
             if attr.startswith("_") or not isinstance(obj, type) or obj.__module__ != module.__name__:
                 continue
-            if issubclass(obj, (BaseException, _endpoint.Endpoint)):
+            if issubclass(obj, (BaseException, _endpoint.Endpoint)) or dataclasses.is_dataclass(obj):
                 assert attr in pipebit.__all__, f"{module.__name__}.{attr} is not in pipebit.__all__"
                 assert getattr(pipebit, attr) is obj
-    for attr in errors.__all__:
-        assert getattr(pipebit, attr) is getattr(errors, attr)
+    for module in (errors, safe, fast, _stats):
+        for attr in module.__all__:
+            assert getattr(pipebit, attr) is getattr(module, attr)
     assert pipebit.DEFAULT_CAPACITY == 4 << 20
 
 

@@ -213,6 +213,35 @@ def test_stat_shows_receiver_lag_and_a_killed_receiver_as_dead(name: str, reaper
         assert "0 live receiver(s)" in result.stdout
 
 
+@both_transports
+def test_stat_on_a_fast_pipe_shows_each_senders_own_packet_count(name: str, transport: str) -> None:
+    # A shared-memory Fast sender brings its slot's count up to date only every 256 updates and
+    # when it leaves; the counts come from the lanes instead, exact at any moment.
+    with pipebit.FastSender(name, 0) as first, pipebit.FastSender(name, 0) as second:
+        for i in range(100):
+            first.send([i])
+        for i in range(7):
+            second.send([i])
+        first.flush(timeout=30)
+        second.flush(timeout=30)
+        result = run("stat", "--json", name)
+        assert result.returncode == 0, result.stderr
+        senders = [p for p in json.loads(result.stdout)["participants"] if p["role"] == "sender"]
+        assert sorted(p["packets"] for p in senders) == [7, 100]
+        if transport == "shm":  # over Redis a value replaced before the thread published it is not written
+            assert json.loads(result.stdout)["packets_written"] == 107
+        table = run("stat", name)
+        rows = [line.split() for line in table.stdout.splitlines() if " sender " in f" {line} "]
+        assert sorted(int(row[5]) for row in rows) == [7, 100], table.stdout
+        for i in range(300):  # past a multiple of 256: the slot's own count and the lane's agree
+            second.send([i])
+        second.flush(timeout=30)
+        counts = sorted(p.packets for p in pipebit.pipe_stats(name).participants if p.role == "sender")
+        assert counts == [100, 307]
+    counts = [p.packets for p in pipebit.pipe_stats(name).participants if p.role == "sender"]
+    assert counts == []  # both left
+
+
 # --------------------------------------------------------------------------- tail
 @both_transports
 def test_tail_prints_new_packets_and_detaches_on_sigint(name: str, reaper: Reaper) -> None:
@@ -371,6 +400,44 @@ def test_tail_on_a_fast_pipe(name: str, reaper: Reaper) -> None:
         assert with_current.interrupt() == (0, "")
         assert only_new.interrupt() == (0, "")
     assert receivers(name) == 0
+
+
+@both_transports
+@pytest.mark.parametrize("model", ["safe", "fast"])
+def test_tail_wait_waits_for_a_pipe_that_does_not_exist_yet(name: str, reaper: Reaper, model: str) -> None:
+    refused = run("tail", name)
+    assert refused.returncode == 1
+    assert "pipebit ls" in refused.stderr
+    tail = Cli(reaper, "tail", "--wait", name)
+    time.sleep(1.0)  # long enough for it to start and look
+    assert tail.proc.poll() is None, tail.proc.stderr.read()  # type: ignore[union-attr]
+    with pytest.raises(pipebit.PipeNotFoundError):
+        pipebit.pipe_stats(name)  # waiting created nothing
+    if model == "safe":
+        with pipebit.SafeSender(name, 0) as sender:
+            for i in range(5):  # sent before tail can have attached: none of them is missed
+                sender.send([i])
+            assert tail.take(5) == ["[0]", "[1]", "[2]", "[3]", "[4]"]
+            sender.send([5])
+            assert tail.take(1) == ["[5]"]
+    else:
+        with pipebit.FastSender(name, 0) as fast:
+            fast.send(["first"])
+            fast.flush(timeout=30)
+            assert tail.take(1) == ["['first']"]  # the value there when it appeared
+            wait_for(lambda: receivers(name) == 1, "tail to attach")
+            fast.send(["second"])
+            assert tail.take(1) == ["['second']"]
+    assert tail.interrupt() == (0, "")
+
+
+@both_transports
+def test_tail_wait_ends_quietly_on_ctrl_c_while_waiting(name: str, reaper: Reaper) -> None:
+    tail = Cli(reaper, "tail", "--wait", name)
+    time.sleep(1.0)
+    assert tail.interrupt() == (0, "")
+    with pytest.raises(pipebit.PipeNotFoundError):
+        pipebit.pipe_stats(name)
 
 
 # --------------------------------------------------------------------------- send

@@ -7,6 +7,7 @@ bools into ints (or loses the sign of zero) pass.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 import struct
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 
 import pipebit
 from pipebit import _codec
+
+from .redis_server import both_transports
 
 RECEIVE_DEADLINE = 15.0
 # Generation speed depends on the machine's load, not on PipeBit.
@@ -343,14 +346,22 @@ def test_send_refuses_unsupported_values_naming_the_type(
     name: str, make_value: Callable[[], Any], type_name: str
 ) -> None:
     value = make_value()
-    placements = [[1, value], (1, [[value]]), [{"key": {"deeper": value}}], [{"k": [None, (value,)]}]]
+    placements = {
+        "packet[1]": [1, value],
+        "packet[1][0][0]": (1, [[value]]),
+        "packet[0]['key']['deeper']": [{"key": {"deeper": value}}],
+        "packet[0]['k'][1][0]": [{"k": [None, (value,)]}],
+    }
+    if type_name != "set":  # a set cannot be a dict key; everything else here can
+        placements["a key of packet[2]"] = [None, {"fine": 1}, {"ok": 1, value: 2}]
     with pipebit.SafeSender(name, 0) as sender, pipebit.SafeReceiver(name, 0) as receiver:
         sender.send(["before"])
-        for packet in placements:
+        for where, packet in placements.items():
             with pytest.raises(pipebit.PacketTypeError) as info:
                 sender.send(packet)
             assert isinstance(info.value, TypeError)
             assert repr(type_name) in str(info.value)
+            assert str(info.value).startswith(f"{where}: {type_name}: "), info.value
         sender.send(["after"])
         sender.flush(timeout=10)
         got = receive_exactly(receiver, 2)
@@ -410,6 +421,38 @@ def test_send_refuses_a_str_with_a_lone_surrogate_as_an_uncarriable_value(name: 
         with pytest.raises(pipebit.PacketTypeError) as info:
             sender.send(["ok", "\ud800"])
         assert "nests too deeply" not in str(info.value)
+        assert str(info.value).startswith("packet[1]: str: ")
+
+
+@both_transports
+@pytest.mark.parametrize("model", ["safe", "fast"])
+def test_a_memoryview_that_is_not_contiguous_is_a_packet_type_error(name: str, model: str) -> None:
+    # msgpack copies a memoryview's buffer, which it can only take whole: a strided view
+    # raised its BufferError straight through send() before.
+    strided = memoryview(bytes(range(16)))[::2]
+    sender_class = pipebit.SafeSender if model == "safe" else pipebit.FastSender
+    with sender_class(name, 0) as sender:
+        with pytest.raises(pipebit.PacketTypeError, match=r"^packet\[0\]\['raw'\]: memoryview: .*bytes\(view\)"):
+            sender.send([{"raw": strided}])
+        sender.send([{"raw": bytes(strided)}])  # the sender goes on, and the copy travels
+        sender.send([memoryview(bytes(range(16)))[2:6]])  # a contiguous slice is fine as it is
+
+
+def test_the_path_is_found_deep_down_and_in_a_packet_that_holds_itself() -> None:
+    deep: list[Any] = [datetime.date(2026, 1, 1)]
+    for _ in range(_codec.MAX_DEPTH - 3):  # the date sits one level above the deepest allowed
+        deep = [deep]
+    with pytest.raises(pipebit.PacketTypeError) as info:
+        _codec.encode([deep])
+    assert str(info.value).startswith("packet" + "[0]" * (_codec.MAX_DEPTH - 1) + ": date: ")
+    looped: list[Any] = [1]
+    looped.append(looped)
+    looped.append({"when": datetime.time(1)})
+    # The packer meets the loop first (a PacketSizeError); the walk that names a value steps over it.
+    assert _codec._find_uncarriable(looped) == ("packet[2]['when']", datetime.time(1))
+    long_key = "k" * 100
+    with pytest.raises(pipebit.PacketTypeError, match=r"^packet\[0\]\['k{36}\.\.\.\]: object: "):
+        _codec.encode([{long_key: object()}])
 
 
 # -------------------------------------------------------------- snapshot

@@ -6,14 +6,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import pipebit
 
 from .conftest import Reaper
+from .helpers import click_window
 from .redis_server import RedisServer, both_transports
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -46,7 +49,12 @@ def run(
 @pytest.fixture
 def free_pipes() -> Iterator[None]:
     """The examples' pipe names are free before, and removed after, each test."""
-    names = ("data_pipe", "fan_out_demo", "camera_demo", "asyncio_readings", "asyncio_averages")
+    names = (
+        *("data_pipe", "fan_out_demo", "camera_demo", "resume_demo", "end_of_stream_demo", "threads_demo", "mp_demo"),
+        *("asyncio_readings", "asyncio_averages"),
+        *("rr_requests", "rr_replies-a", "rr_replies-b"),
+        *("many_temperature", "many_pressure", "many_humidity", "many_status"),
+    )
     for name in names:
         try:
             pipebit.remove(name)
@@ -144,3 +152,114 @@ def test_camera_example(free_pipes: None) -> None:
     assert result.returncode == 0, result.stderr
     assert "viewer: 30 frames, all intact" in result.stdout
     assert "camera: 30 frames sent" in result.stdout
+
+
+# ------------------------------------------------------------------ the patterns of docs/patterns.md
+def test_resume_example_shows_each_start_mode(free_pipes: None) -> None:
+    result = run("resume.py")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "receiver (start='unread') got [0, 1, 2, 3, 4]",
+        "receiver (start='unread') got [5, 6, 7, 8, 9]",  # resumed: nothing lost, nothing twice
+        "receiver (start='oldest') got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]",
+        "receiver (start='new') got [10]",
+        "receiver (start='oldest') got []",  # removed: a fresh pipe
+    ]
+
+
+def test_end_of_stream_example(free_pipes: None) -> None:
+    result = run("end_of_stream.py")
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == [
+        "consumer 1: 1000 items, then the end of the stream",
+        "consumer 2: 1000 items, then the end of the stream",
+    ]
+
+
+def test_request_reply_example(free_pipes: None) -> None:
+    result = run("request_reply.py")
+    assert result.returncode == 0, result.stderr
+    reports = re.findall(r"client (\w): 500 replies, all matched", result.stdout)
+    assert sorted(reports) == ["a", "b"], result.stdout
+
+
+def test_many_pipes_example(free_pipes: None) -> None:
+    result = run("many_pipes.py")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "many_temperature: 200 packets, in order",
+        "many_pressure: 200 packets, in order",
+        "many_humidity: 200 packets, in order",
+        "many_status: ['sensors started', 3]",
+    ]
+
+
+def test_threads_example(free_pipes: None) -> None:
+    result = run("threads.py")
+    assert result.returncode == 0, result.stderr
+    assert "10000 packets from 4 threads, each taken by exactly one of 3 readers" in result.stdout
+
+
+def test_multiprocessing_and_fork_example(free_pipes: None) -> None:
+    result = run("multiprocessing_and_fork.py")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    methods = [line.split(":")[0] for line in lines if "6 tasks in 3 workers delivered all 600 packets" in line]
+    assert "spawn" in methods
+    assert "fork" in methods
+    assert any("the inherited sender refuses" in line and "is a fork of it" in line for line in lines)
+    assert lines[-1] == "fork: the child's own sender and the parent's both delivered"
+
+
+def test_across_machines_example_on_a_redis_server(redis_keys_guard: RedisServer) -> None:
+    result = run("across_machines.py", redis_keys_guard.url)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["receiver: attached", "sender: 1000 packets sent"]
+    assert re.fullmatch(r"receiver: 1000 packets, in order, from process \d+", lines[2]), lines
+    usage = run("across_machines.py")
+    assert usage.returncode == 1
+    assert "usage:" in usage.stderr
+
+
+def _tk_or_skip() -> None:
+    try:
+        import tkinter  # noqa: F401 - only whether it imports matters
+    except ImportError:
+        pytest.skip("tkinter is not installed (Debian package python3-tk)")
+
+
+def test_tk_receiver_shows_packets_as_they_arrive(free_pipes: None, display: str, reaper: Reaper) -> None:
+    _tk_or_skip()
+    window = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "tk_receiver.py"), "--count", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "DISPLAY": display},
+    )
+    reaper.children.append(window)
+    assert window.stdout is not None
+    assert window.stdout.readline() == "ready\n", window.stderr.read() if window.stderr else ""
+    with pipebit.SafeSender("data_pipe", 0) as sender:
+        for i in range(3):
+            sender.send(["reading", i])
+    out, err = window.communicate(timeout=60)
+    assert window.returncode == 0, err
+    assert out.splitlines() == [f"shown ['reading', {i}]" for i in range(3)]
+
+
+def test_tk_button_sends_a_packet_per_click(free_pipes: None, display: str, reaper: Reaper) -> None:
+    _tk_or_skip()
+    env = {**os.environ, "DISPLAY": display}
+    with pipebit.SafeReceiver("data_pipe", 0) as receiver:
+        app = subprocess.Popen([sys.executable, str(EXAMPLES / "tk_button.py")], env=env, stderr=subprocess.PIPE)
+        reaper.children.append(app)
+        click_window(display, ["--name", "PipeBit button"], at=(60, 30), times=3)
+        got: list[Any] = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            got += receiver.receive(timeout=1)
+        app.terminate()
+        app.wait(10)
+    assert got == [["click", n] for n in (1, 2, 3)]

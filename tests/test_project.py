@@ -101,3 +101,28 @@ def test_no_back_end_imports_a_face_and_no_module_is_too_long() -> None:
     for path in PACKAGE.glob("*.py"):
         lines = len(path.read_text(encoding="utf-8").splitlines())
         assert lines <= 600, f"{path.name} has {lines} lines"
+
+
+# ------------------------------------------------------------ what the sdist ships
+def test_the_sdist_ships_the_benchmarks_examples_docs_and_tests(tmp_path: Path) -> None:
+    pytest.importorskip("hatchling", reason="the dev extra installs the build backend")
+    import tarfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (archive,) = tmp_path.glob("pipebit-*.tar.gz")
+    with tarfile.open(archive) as sdist:
+        shipped = {member.split("/", 1)[1] for member in sdist.getnames() if "/" in member}
+    for folder, pattern in [("benchmarks", "*.py"), ("examples", "*.py"), ("docs", "*.md"), ("tests", "*.py")]:
+        wanted = {str(path.relative_to(ROOT)) for path in (ROOT / folder).glob(pattern)}
+        assert wanted, folder
+        assert wanted <= shipped, sorted(wanted - shipped)
+    assert {"README.md", "LICENSE", "pyproject.toml", "pipebit/py.typed"} <= shipped
+    assert not any(name.startswith((".venv/", ".git/")) for name in shipped)

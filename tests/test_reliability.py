@@ -16,12 +16,10 @@ lists them next to these.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import stat
 import struct
@@ -46,7 +44,7 @@ from pipebit._pipe import Pipe, open_pipe
 from pipebit._ring import RingReader, start_position
 
 from .conftest import Reaper
-from .helpers import Child, poke, poke_head, ring_records, segment_path, wait_until
+from .helpers import Child, poke, poke_head, private_shm_prefix, ring_records, segment_path, wait_until
 
 SHM = Path("/dev/shm")
 NOBODY = 65534
@@ -699,27 +697,8 @@ def test_the_participant_beyond_64_gets_pipe_busy_and_nothing_breaks(name: str, 
 
 
 # ==================================================================== /dev/shm full
-@functools.cache
-def private_shm_prefix() -> tuple[str, ...] | None:
-    """A command prefix that runs its command with a private 2 MiB tmpfs on /dev/shm, or None.
-
-    As root, ``unshare -m``; otherwise ``unshare -r -m`` (a user namespace) where
-    the system allows it.  The mount is private to the child: nothing leaks.
-    """
-    if shutil.which("unshare") is None:
-        return None
-    mount = "mount -t tmpfs -o size=2m tmpfs /dev/shm"
-    for prefix in (("unshare", "-m"), ("unshare", "-r", "-m")):
-        if prefix == ("unshare", "-m") and os.geteuid() != 0:
-            continue
-        probe = subprocess.run([*prefix, "sh", "-c", mount], capture_output=True, timeout=30, check=False)
-        if probe.returncode == 0:
-            return (*prefix, "sh", "-c", mount + ' && exec "$0" "$@"')
-    return None
-
-
 def run_in_private_shm(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    prefix = private_shm_prefix()
+    prefix = private_shm_prefix("2m")
     assert prefix is not None
     return subprocess.run(
         [*prefix, sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=90, check=False
@@ -743,7 +722,7 @@ def entries():
     if os.path.isdir(lock_dir):
         found |= {"lockdir/" + e for e in os.listdir(lock_dir)}
     return found
-try:  # the lock directory and its lifecycle lock now exist before we look
+try:  # no such pipe: what is counted below is this pipe's own objects
     pipebit.remove(name)
 except pipebit.PipeNotFoundError:
     pass
@@ -773,7 +752,7 @@ print(json.dumps(out), flush=True)
 
 @pytest.mark.parametrize("model", ["safe", "fast"])
 def test_full_dev_shm_is_a_clear_error_at_creation_not_a_sigbus(name: str, model: str) -> None:
-    if private_shm_prefix() is not None:
+    if private_shm_prefix("2m") is not None:
         # A private 2 MiB /dev/shm: ask for a 3 MiB pipe, and touch every page if it is created.
         result = run_in_private_shm(CREATE_TOO_BIG, name, model, str(3 << 20), "touch")
         where = "a private 2 MiB tmpfs"
@@ -863,7 +842,7 @@ print(json.dumps(out), flush=True)
 @pytest.mark.parametrize("model", ["safe", "fast"])
 def test_a_pipe_created_before_dev_shm_filled_up_keeps_working(name: str, model: str) -> None:
     """Its memory was reserved at creation; filling /dev/shm afterwards must not break it."""
-    if private_shm_prefix() is None:
+    if private_shm_prefix("2m") is None:
         pytest.skip("needs a private tmpfs on /dev/shm (unshare -m as root, or unshare -r -m)")
     got = outcome(run_in_private_shm(KEEP_WORKING_WHEN_FULL, name, model))
     print(f"\n[reliability] {model} pipe, /dev/shm filled after creation: {got}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 
 import pipebit
+
+from .helpers import click_window
 
 SCRIPTS = Path(__file__).parent / "seed_scripts"
 PIPE = "data_pipe"
@@ -103,50 +104,11 @@ def test_sender_first_then_receiver(data_pipe: str) -> None:
         stop(receiver)
 
 
-@pytest.fixture
-def display() -> Iterator[str]:
-    """A virtual X display (Xvfb) for the Tkinter script."""
-    if not (shutil.which("Xvfb") and shutil.which("xdotool")):
-        pytest.skip("Xvfb and xdotool are needed (Debian packages xvfb, xdotool; .ci/run installs them)")
-    number = 90 + os.getpid() % 500
-    server = subprocess.Popen(
-        ["Xvfb", f":{number}", "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while not Path(f"/tmp/.X11-unix/X{number}").exists():
-            assert server.poll() is None, "Xvfb exited"
-            assert time.monotonic() < deadline, "Xvfb did not start"
-            time.sleep(0.05)
-        yield f":{number}"
-    finally:
-        server.terminate()
-        server.wait(10)
-
-
 def test_tkinter_sender_sends_a_packet_per_click(data_pipe: str, display: str) -> None:
     with pipebit.SafeReceiver(data_pipe, 0) as receiver:
         app = run_script("tk_sender.py", DISPLAY=display)
         try:
-            env = {**os.environ, "DISPLAY": display}
-            window = subprocess.run(
-                ["xdotool", "search", "--sync", "--onlyvisible", "--class", "Tk"],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=30,
-                check=True,
-            ).stdout.split()[0]
-            for _ in range(3):
-                subprocess.run(
-                    ["xdotool", "mousemove", "--window", window, "10", "10", "click", "1"],
-                    env=env,
-                    timeout=10,
-                    check=True,
-                )
-                time.sleep(0.2)
+            click_window(display, ["--class", "Tk"], at=(10, 10), times=3)
             got: list[Any] = []
             deadline = time.monotonic() + 30
             while len(got) < 3 and time.monotonic() < deadline:
