@@ -48,6 +48,16 @@ def validate_name(name: object) -> str:
     return name
 
 
+def check_group(group: object, shown: str) -> str:
+    """A receiver group's name: the same rule as a pipe's name.  Errors name the pipe."""
+    if not isinstance(group, str):
+        raise ArgumentTypeError(f"pipe {shown!r}: a receiver group's name must be a str, not {type(group).__name__!r}")
+    if not NAME_PATTERN.match(group):
+        text = group if len(group) <= 80 else group[:77] + "..."
+        raise InvalidNameError(f"pipe {shown!r}: invalid receiver group name {text!r}: a group name is {NAME_RULE}")
+    return group
+
+
 # ------------------------------------------------------------------ checks
 def check_debug(debug: object) -> bool:
     """``debug`` must be 0, 1, ``False`` or ``True``."""

@@ -17,9 +17,11 @@ from typing import Any, Callable
 
 from . import _layout as L
 from ._attachment import Attachment
+from ._group import GroupMember, join
 from ._limits import DEFAULT_CAPACITY, max_packet_bytes
 from ._pipe import Pipe, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
+from .errors import PipeClosedError
 
 # spin="auto": a waiting receive() polls up to this long before sleeping, but only while
 # the packets it waited for came within this long (a request/reply exchange).
@@ -197,3 +199,63 @@ class ShmSafeReader(RingReader, Attachment):
         resume = (pipe.created_ns, returned[0], returned[1])
         self.release()
         return resume
+
+
+class ShmGroupReader(GroupMember, Attachment):
+    """A member of a receiver group of a Safe pipe in shared memory (see :mod:`pipebit._group`).
+
+    ``take()`` acknowledges the batch it returned last and claims the next, in the
+    caller's thread: a member never reads ahead, so it holds no more than it will process.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        group: str,
+        start: str,
+        capacity: int | None,
+        batch: int | None,
+        max_packets: int,
+        create: bool,
+        log: Log | None,
+    ) -> None:
+        joined: list[int] = []
+
+        def place(pipe: Pipe, base: int) -> None:
+            joined.append(join(pipe, (base - L.TABLE_OFFSET // 8) // (L.SLOT_SIZE // 8), group, start))
+            entry = L.group_base(joined[0])
+            assert pipe.groups is not None
+            pipe.header[base + L.S_CURSOR] = pipe.groups[entry + L.G_SLOT] - 1
+
+        pipe, slot = attach(
+            name,
+            L.MODEL_SAFE,
+            L.ROLE_MEMBER,
+            init=place,
+            capacity=capacity,
+            packet_len=None,
+            override=False,
+            **_options(create, log),
+        )
+        self.pipe, self.slot = pipe, slot
+        try:
+            super().__init__(pipe, slot, entry=joined[0], group=group, batch=batch, max_packets=max_packets)
+        except BaseException:
+            self.release()
+            raise
+        self.shown = name
+        self.capacity = pipe.capacity
+
+    def close(self, acknowledge: bool = True) -> None:
+        """Leave the group: acknowledge the batch returned last (unless not ``acknowledge``:
+        it is then handed to another member), and give the slot back."""
+        try:
+            if acknowledge:
+                self.ack()
+        except PipeClosedError:
+            pass  # the pipe or the group was removed: there is nothing left to acknowledge
+        finally:
+            if self.pipe.header[L.WRITERS_WAITING]:
+                self.pipe.writer_semaphore().release()
+            self.release()
