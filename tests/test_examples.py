@@ -46,7 +46,7 @@ def run(
 @pytest.fixture
 def free_pipes() -> Iterator[None]:
     """The examples' pipe names are free before, and removed after, each test."""
-    names = ("data_pipe", "fan_out_demo", "camera_demo")
+    names = ("data_pipe", "fan_out_demo", "camera_demo", "jobs_demo", "results_demo")
     for name in names:
         try:
             pipebit.remove(name)
@@ -127,6 +127,19 @@ def test_fan_out_example(free_pipes: None) -> None:
     # Three processes print at once: their lines may interleave, so find the reports, not lines.
     reports = re.findall(r"receiver (\d): all 10000 packets, in order", result.stdout)
     assert sorted(reports) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["no-fault", "a-worker-killed"])
+def test_workers_example(free_pipes: None, kill: bool) -> None:
+    result = run("workers.py", *(["--kill"] if kill else []))
+    assert result.returncode == 0, result.stderr
+    assert "all 2000 jobs done" in result.stdout
+    shares = [int(n) for n in re.findall(r"\d+", result.stdout.splitlines()[0].split(":")[1])]
+    assert len(shares) >= 3, result.stdout  # every worker got some of the jobs
+    redelivered, twice = map(int, re.findall(r"\d+", result.stdout.splitlines()[1]))
+    assert twice <= redelivered
+    if not kill:
+        assert (redelivered, twice) == (0, 0)
 
 
 def test_camera_example(free_pipes: None) -> None:
