@@ -274,31 +274,6 @@ def decode_batch(payload: Union[bytes, memoryview], count: int) -> tuple[list[Pa
     return packets, None
 
 
-def decode_slice(
-    payload: Union[bytes, memoryview], count: int, begin: int, end: int
-) -> tuple[list[Packet], CorruptPacketError | None]:
-    """Packets ``begin``..``end`` (exclusive) of a record's payload of ``count`` packets, as
-    :func:`decode_batch` would return them.  The packets before ``begin`` are skipped
-    without being built; damage anywhere takes :func:`decode_batch`'s careful path."""
-    if begin == 0 and end == count:
-        return decode_batch(payload, count)
-    try:
-        unpacker = _unpacker_at(payload, 0)
-        if unpacker.read_array_header() != count:
-            raise ValueError("the record's array does not match its count")
-        for _ in range(begin):
-            unpacker.skip()
-        packets = [unpacker.unpack() for _ in range(end - begin)]
-        if all(type(packet) is list for packet in packets):
-            return packets, None
-    except Exception:  # msgpack raises many types for bad input: the careful path below says which
-        pass
-    packets, damage = decode_batch(payload, count)
-    if damage is None or len(packets) >= end:
-        return packets[begin:end], None
-    return packets[begin:], damage
-
-
 def _decode_one_by_one(payload: Union[bytes, memoryview], count: int) -> tuple[list[Packet], CorruptPacketError | None]:
     """:func:`decode_batch`'s slow path, for a record that does not decode whole."""
     packets: list[Packet] = []
