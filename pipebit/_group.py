@@ -162,6 +162,40 @@ def members_of(pipe: Pipe, group_slot: int) -> list[int]:
     ]
 
 
+class BatchSizer:
+    """How many packets a member claims at once -- the same rule on every transport
+    (docs/groups.md, "How much one receive() takes"): its share of what is waiting,
+    divided among the members, at most what it processes in :data:`BATCH_SECONDS` at
+    its own pace, at most ``max_packets``; or, with ``batch``, at most ``batch``."""
+
+    def __init__(self, batch: int | None, max_packets: int) -> None:
+        self.batch = batch
+        self.max_packets = max_packets
+        self._returned_at = 0.0  # when the last batch was handed to the application
+        self._returned_count = 0
+        self._per_packet: float | None = None  # seconds the application spends per packet
+
+    def returned(self, count: int) -> None:
+        """A batch of ``count`` packets goes to the application now."""
+        self._returned_at, self._returned_count = time.monotonic(), count
+
+    def learn(self) -> None:
+        """The application asks for more: how long did it take per packet of the last batch?"""
+        if self._returned_count and self._returned_at:
+            pace = (time.monotonic() - self._returned_at) / self._returned_count
+            self._per_packet = pace if self._per_packet is None else (self._per_packet + pace) / 2
+        self._returned_count = 0
+
+    def want(self, available: int, members: int) -> int:
+        """Packets to claim of the ``available`` ones, with ``members`` in the group."""
+        if self.batch is not None:
+            return min(self.batch, available)
+        want = min(math.ceil(available / max(members, 1)), self.max_packets)
+        pace = self._per_packet
+        paced = 1 if pace is None else max(1, int(BATCH_SECONDS / pace) if pace > 0 else want)
+        return max(1, min(want, paced))
+
+
 class GroupMember:
     """One member's claims on its group.  Used by one thread at a time."""
 
@@ -172,14 +206,10 @@ class GroupMember:
         self._g = L.group_base(entry)
         self.group_slot = self._groups[self._g + L.G_SLOT] - 1
         self._group_token = self._groups[self._g + L.G_TOKEN]
-        self.batch = batch
-        self.max_packets = max_packets
+        self.sizer = BatchSizer(batch, max_packets)
         self.claim = -1  # our entry in the claim table, or -1
         self.problem: Exception | None = None
         self._probe_due = 0.0  # look for dead members at the first claim
-        self._returned_at = 0.0  # when the last batch was handed to the application
-        self._returned_count = 0
-        self._per_packet: float | None = None  # seconds the application spends per packet
         self._decoded: tuple[tuple[int, ...], list[Any]] = ((), [])  # the record decoded last, by its key
         self.semaphore = pipe.slot_semaphore(slot.index)
         _shm.drain(self.semaphore)
@@ -189,7 +219,7 @@ class GroupMember:
         """Acknowledge the batch returned last, then claim and decode the next one, waiting up
         to ``timeout`` (``None``: for ever) while there is none; ``[]`` if none came.
         ``closing()`` true ends a wait early."""
-        self._learn_pace()
+        self.sizer.learn()
         self.problem = None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -197,7 +227,7 @@ class GroupMember:
             if claim is not None:
                 packets = self._decode(*claim)
                 if packets or self.problem is not None:
-                    self._returned_at, self._returned_count = time.monotonic(), len(packets)
+                    self.sizer.returned(len(packets))
                     self.pipe.header[self.slot.base + L.S_COUNT] += len(packets)
                     return packets
                 continue  # nothing decodable in it: acknowledged with the next claim
@@ -205,13 +235,6 @@ class GroupMember:
             if (remaining is not None and remaining <= 0) or closing():
                 return []
             self.wait(LIVENESS_INTERVAL if remaining is None else min(remaining, LIVENESS_INTERVAL))
-
-    def _learn_pace(self) -> None:
-        """How long the application took per packet of the batch returned last."""
-        if self._returned_count and self._returned_at:
-            pace = (time.monotonic() - self._returned_at) / self._returned_count
-            self._per_packet = pace if self._per_packet is None else (self._per_packet + pace) / 2
-        self._returned_count = 0
 
     def ack(self) -> None:
         """Acknowledge the batch returned last (a no-op without one)."""
@@ -295,16 +318,6 @@ class GroupMember:
         groups[self._g + L.G_DELIVERED] += count
         return groups[c + L.C_POSITION], groups[c + L.C_FIRST], groups[c + L.C_END]
 
-    def _want(self, available: int) -> int:
-        """How many packets to claim of the ``available`` ones (docs/groups.md, "Batch size")."""
-        if self.batch is not None:
-            return min(self.batch, available)
-        members = max(len(members_of(self.pipe, self.group_slot)), 1)
-        want = min(math.ceil(available / members), self.max_packets)
-        pace = self._per_packet
-        paced = 1 if pace is None else max(1, int(BATCH_SECONDS / pace) if pace > 0 else want)
-        return max(1, min(want, paced))
-
     def _claim_new(self) -> tuple[int, int, int] | None:
         """Move the group's cursor past the next batch and record it as our claim."""
         pipe, h, groups, g = self.pipe, self.pipe.header, self._groups, self._g
@@ -315,7 +328,8 @@ class GroupMember:
         if all(owners):  # cannot happen: a member holds one claim, and a pipe has fewer slots than claims
             return None
         free = owners.index(0)
-        want = self._want(written - seq)
+        members = len(members_of(pipe, self.group_slot)) if self.sizer.batch is None else 1
+        want = self.sizer.want(written - seq, members)
         head, data, cap = h[L.HEAD], pipe.data, pipe.capacity
         position = groups[g + L.G_CURSOR]
         first, start, taken = seq, -1, 0

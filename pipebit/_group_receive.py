@@ -17,6 +17,7 @@ from . import _transport
 from ._endpoint import Endpoint
 from ._limits import Packet
 from ._transport import GroupReader
+from ._worker import Worker
 
 
 class GroupReceive(Endpoint):
@@ -31,6 +32,7 @@ class GroupReceive(Endpoint):
     _member: GroupReader | None
     _member_lock: threading.Lock
     _member_problem: Exception | None
+    _keeper: Worker | None  # checks in while the application works (transports that need it)
 
     def _open_member(self) -> None:
         assert self._group is not None
@@ -47,6 +49,11 @@ class GroupReceive(Endpoint):
             log=self._logger,
         )
         self._member = self._backend = member
+        self._keeper: Worker | None = None
+        interval = member.keepalive_interval
+        if interval is not None:
+            self._keeper = Worker(f"pipebit-{self._name}-member", lambda stop: self._keep_alive(member, interval, stop))
+            self._keeper.start()
         self._register()
         self._log(f"joined receiver group {self._group!r} (start={self._start})")
 
@@ -58,6 +65,8 @@ class GroupReceive(Endpoint):
             if problem is not None:  # after the packets before it, which the last call returned
                 member.ack()
                 raise problem
+            if self._keeper is not None:
+                self._keeper.check()  # a failure to check in is the application's to hear
             packets: list[Packet] = member.take(limit, self._is_closing)
             if member.problem is not None:
                 if not packets:
@@ -65,6 +74,11 @@ class GroupReceive(Endpoint):
                 self._member_problem = member.problem
             self._returned += len(packets)
             return packets
+
+    @staticmethod
+    def _keep_alive(member: GroupReader, interval: float, stopping: threading.Event) -> None:
+        while not stopping.wait(interval):
+            member.keepalive()
 
     def _is_closing(self) -> bool:
         return self._backend is None
@@ -85,6 +99,9 @@ class GroupReceive(Endpoint):
         if member is None:
             return
         self._member = self._backend = None  # receive() calls now fail, and a waiting one leaves
+        if self._keeper is not None:
+            self._keeper.stop(timeout=10.0)
+            self._keeper = None
         while not self._member_lock.acquire(timeout=0.05):
             member.interrupt()
         try:
@@ -94,7 +111,7 @@ class GroupReceive(Endpoint):
             self._member_lock.release()
 
     def _forget_member_after_fork(self) -> None:
-        self._member = None
+        self._member = self._keeper = None
         self._member_lock = threading.Lock()
 
     def _member_text(self) -> dict[str, Any]:

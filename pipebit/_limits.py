@@ -29,6 +29,7 @@ DEFAULT_RECEIVE_TIMEOUT = 0.1  # seconds receive() waits when nothing is there
 DEFAULT_MAX_CACHED = 65536  # packets a Safe receiver reads ahead
 DEFAULT_MAX_CACHED_BYTES = 64 << 20  # bytes a Safe receiver reads ahead
 MAX_RECORD_PACKETS = 8192  # packets per record (or stream entry): bounds a receiver's read-ahead
+GROUP_ENTRY_PACKETS = 16  # packets per stream entry of a Redis pipe with receiver groups (docs/groups.md)
 MAX_SPIN = 1.0  # seconds: the longest a receiver may be asked to poll before sleeping
 SAFE_STARTS = ("unread", "oldest", "new")
 FAST_STARTS = ("current", "new")

@@ -234,13 +234,15 @@ class SendQueue(Endpoint):
         enough, else as many packets as fit ``batch_bytes`` (at least one)."""
         self._settle()
         queue = self._queue
-        if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
+        writer = self._writer
+        most = writer.batch_packets if writer is not None else MAX_RECORD_PACKETS
+        if len(queue) <= most and self._queued_bytes <= batch_bytes:
             batch, size = queue, self._queued_bytes  # all of it: swap, do not copy
             self._queue = collections.deque()
         else:
             batch = collections.deque([queue.popleft()])
             size = len(batch[0])
-            while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+            while queue and len(batch) < most and size + len(queue[0]) <= batch_bytes:
                 item = queue.popleft()
                 batch.append(item)
                 size += len(item)

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from . import _layout as L
 from ._attachment import Attachment
 from ._group import GroupMember, join
-from ._limits import DEFAULT_CAPACITY, max_packet_bytes
+from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, max_packet_bytes
 from ._pipe import Pipe, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
 from .errors import PipeClosedError
@@ -42,6 +42,7 @@ class ShmSafeWriter(RingWriter, Attachment):
     """A sender's way into a Safe pipe in shared memory: commits batches, as records."""
 
     inline = True  # a lone packet may be committed from send() itself (try_commit)
+    batch_packets = MAX_RECORD_PACKETS  # group members claim parts of records: no need to cut them smaller
     idle_interval: float | None = None  # nothing to do while idle
     stall_hint = "a receiver that is alive but not reading keeps the pipe full"
 
@@ -204,9 +205,13 @@ class ShmSafeReader(RingReader, Attachment):
 class ShmGroupReader(GroupMember, Attachment):
     """A member of a receiver group of a Safe pipe in shared memory (see :mod:`pipebit._group`).
 
+    Liveness is the slot's kernel lock: nothing to keep up (``keepalive_interval`` is ``None``).
+
     ``take()`` acknowledges the batch it returned last and claims the next, in the
     caller's thread: a member never reads ahead, so it holds no more than it will process.
     """
+
+    keepalive_interval: float | None = None
 
     def __init__(
         self,
@@ -246,6 +251,9 @@ class ShmGroupReader(GroupMember, Attachment):
             raise
         self.shown = name
         self.capacity = pipe.capacity
+
+    def keepalive(self) -> None:
+        """Nothing to keep up: liveness is the slot's kernel lock."""
 
     def close(self, acknowledge: bool = True) -> None:
         """Leave the group: acknowledge the batch returned last (unless not ``acknowledge``:

@@ -52,6 +52,8 @@ class SafeWriter(Backend, Protocol):
     """The largest encoded packet the pipe carries."""
     packet_len: int
     """Elements the pipe requires per packet (0: any), as of the last commit."""
+    batch_packets: int
+    """The most packets one batch (record, stream entry) may hold now."""
     inline: bool
     """Whether :meth:`commit_now` may succeed, so that ``send()`` should try it for a lone packet."""
     idle_interval: float | None
@@ -124,6 +126,13 @@ class GroupReader(Backend, Protocol):
     capacity: int
     problem: Exception | None
     """Damage met by the last :meth:`take`, after the packets it returned."""
+    keepalive_interval: float | None
+    """How often the face must call :meth:`keepalive` from a thread of its own while the
+    application works (``None``: never)."""
+
+    def keepalive(self) -> None:
+        """Stay counted as alive (a member busy with its batch is not dead)."""
+        ...
 
     def take(self, timeout: float | None, closing: Callable[[], bool]) -> list[Packet]:
         """Acknowledge what the last call returned, then claim and return the next batch
