@@ -6,6 +6,8 @@ Three scenarios, each run for every peer in the same invocation:
 * **slow**: 10,000 jobs of 1 ms each (``time.sleep(0.001)``: work that waits, as I/O does,
   so that 4 workers can overlap it on any number of cores); "scaling" is the ideal
   time -- every job's measured sleep divided among the workers -- over the time taken;
+* **speed-up**: a burst of 3,000 jobs of 1 ms to 1 worker, then to 3 (issue #17's
+  target for PipeBit: 3 workers at least 2.4x sooner);
 * **kill**: 4,000 jobs of 1 ms; when half are done one worker is SIGKILLed and a new one
   started.  "lost" is jobs never done; "twice" is jobs done more than once.
 
@@ -120,10 +122,10 @@ def pool_job(job: int, slow: bool) -> int:
 class Run:
     """One peer, one scenario: start workers, hand out the jobs, watch, maybe kill one."""
 
-    def __init__(self, peer: str, jobs: int, slow: bool, kill: bool) -> None:
-        self.peer, self.jobs, self.slow, self.kill = peer, jobs, slow, kill
+    def __init__(self, peer: str, jobs: int, slow: bool, kill: bool, workers: int = WORKERS) -> None:
+        self.peer, self.jobs, self.slow, self.kill, self.count = peer, jobs, slow, kill, workers
         self.ctx = mp.get_context("spawn")
-        self.shared = Shared(self.ctx, jobs, WORKERS)
+        self.shared = Shared(self.ctx, jobs, workers)
         self.workers: list[Any] = []
 
     def _start(self, target: Callable[..., None], arg: Any) -> None:
@@ -170,7 +172,7 @@ class Run:
         pipe = f"groups-bench-{uuid.uuid4().hex[:8]}"
         try:
             with pipebit.SafeSender(pipe, capacity=16 << 20) as sender:
-                for _ in range(WORKERS):
+                for _ in range(self.count):
                     self._start(pipebit_worker, pipe)
                 began = time.monotonic()
                 for job in range(self.jobs):
@@ -183,7 +185,7 @@ class Run:
 
     def queue(self) -> dict[str, Any]:
         queue = self.ctx.Queue()
-        for _ in range(WORKERS):
+        for _ in range(self.count):
             self._start(queue_worker, queue)
         began = time.monotonic()
         for job in range(self.jobs):
@@ -201,7 +203,7 @@ class Run:
         socket = context.socket(zmq.PUSH)
         socket.bind(address)
         try:
-            for _ in range(WORKERS):
+            for _ in range(self.count):
                 self._start(zmq_worker, address)
             time.sleep(0.2)  # let every PULL connect: PUSH only shares among connected peers
             began = time.monotonic()
@@ -217,8 +219,8 @@ class Run:
         chunk = 10 if self.slow else 1000
         by_pid: dict[int, int] = {}
         lost = 0
-        with concurrent.futures.ProcessPoolExecutor(WORKERS, mp_context=self.ctx) as pool:
-            list(pool.map(pool_job, range(WORKERS * 4), [False] * (WORKERS * 4)))  # start the workers
+        with concurrent.futures.ProcessPoolExecutor(self.count, mp_context=self.ctx) as pool:
+            list(pool.map(pool_job, range(self.count * 4), [False] * (self.count * 4)))  # start the workers
             began = time.monotonic()
             results = pool.map(pool_job, range(self.jobs), [self.slow] * self.jobs, chunksize=chunk)
             try:
@@ -277,6 +279,14 @@ def main() -> None:
     print("| peer | jobs/s | seconds | spread | scaling |\n|---|---:|---:|---:|---:|")
     for label, method in peers:
         print(row(label, slow, getattr(Run(method, slow, True, False), method)(), ideal), flush=True)
+
+    burst = 3_000 // scale
+    print(f"\nspeed-up: a burst of {burst:,} jobs of 1 ms, 3 workers against 1 (target for PipeBit: 2.4x)\n")
+    print("| peer | 1 worker, s | 3 workers, s | speed-up |\n|---|---:|---:|---:|")
+    for label, method in peers:
+        alone = getattr(Run(method, burst, True, False, workers=1), method)()["seconds"]
+        three = getattr(Run(method, burst, True, False, workers=3), method)()["seconds"]
+        print(f"| {label} | {alone:.2f} | {three:.2f} | {alone / three:.2f}x |", flush=True)
 
     print(f"\na worker SIGKILLed half-way: {kill:,} jobs of 1 ms\n")
     print("| peer | jobs lost | jobs done twice |\n|---|---:|---:|")
