@@ -66,17 +66,27 @@ def _area(pipe: Pipe, group: str) -> memoryview:
 
 def find_group(pipe: Pipe, group: str) -> int | None:
     """The group-area entry of group ``group``, or ``None``.  Under the writers' lock."""
-    groups = _area(pipe, group)
-    h = pipe.header
+    _area(pipe, group)  # a pipe without a group area says so
     for entry in range(L.GROUPS):
-        base = L.group_base(entry)
-        slot = groups[base + L.G_SLOT] - 1
-        if slot < 0 or _name_of(pipe, entry) != group:
-            continue
-        if not (slot < L.SLOT_COUNT and h[L.slot_base(slot) + L.S_ROLE] == L.ROLE_GROUP):
-            raise PipeFormatError(f"pipe {pipe.name!r}: receiver group {group!r} has a damaged entry")
-        return entry
+        if _in_use(pipe, entry) and _name_of(pipe, entry) == group:
+            return entry
     return None
+
+
+def _in_use(pipe: Pipe, entry: int) -> bool:
+    """Whether group-area ``entry`` holds a group.  Under the writers' lock.  An entry whose
+    slot does not hold it (its creator was killed half-way; or damage) is freed here."""
+    assert pipe.groups is not None
+    groups, h = pipe.groups, pipe.header
+    base = L.group_base(entry)
+    slot = groups[base + L.G_SLOT] - 1
+    if slot < 0:
+        return False
+    held = slot < L.SLOT_COUNT and h[L.slot_base(slot) + L.S_ROLE] == L.ROLE_GROUP
+    if held and h[L.slot_base(slot) + L.S_TOKEN] == groups[base + L.G_TOKEN]:
+        return True
+    groups[base + L.G_SLOT] = 0
+    return False
 
 
 def join(pipe: Pipe, member: int, group: str, start: str) -> int:
@@ -92,7 +102,7 @@ def join(pipe: Pipe, member: int, group: str, start: str) -> int:
 def _create(pipe: Pipe, member: int, group: str, start: str) -> int:
     groups = _area(pipe, group)
     h = pipe.header
-    entry = next((e for e in range(L.GROUPS) if groups[L.group_base(e) + L.G_SLOT] == 0), None)
+    entry = next((e for e in range(L.GROUPS) if not _in_use(pipe, e)), None)
     if entry is None:
         raise PipeBusyError(
             f"pipe {pipe.name!r} already has {L.GROUPS} receiver groups, so group {group!r} cannot be created; "
@@ -121,6 +131,9 @@ def _create(pipe: Pipe, member: int, group: str, start: str) -> int:
     groups[base + L.G_NEXT_SEQ] = seq
     groups[base + L.G_DELIVERED] = groups[base + L.G_REDELIVERED] = 0
     groups[base + L.G_CREATED_NS] = now
+    groups[base + L.G_SLOT] = index + 1
+    # The slot last, its role last of all: a creator killed before that leaves an entry that
+    # _in_use() frees, and no slot holding writers back for a group no one can name.
     slot = L.slot_base(index)
     h[slot + L.S_PID] = entry
     h[slot + L.S_TOKEN] = token
@@ -131,7 +144,6 @@ def _create(pipe: Pipe, member: int, group: str, start: str) -> int:
     h[slot + L.S_COUNT] = 0
     h[slot + L.S_ROLE] = L.ROLE_GROUP
     h[L.SLOT_HIGH] = min(max(h[L.SLOT_HIGH], index + 1), L.SLOT_COUNT)
-    groups[base + L.G_SLOT] = index + 1  # last: the entry is in use
     return entry
 
 
@@ -359,16 +371,17 @@ class GroupMember:
             taken += step
             if seq == record_first + count:
                 position = end
+        if taken:  # recorded before the cursor moves: a member killed in between leaves a claim
+            c = L.claim_base(self.entry, free)
+            groups[c + L.C_POSITION] = start
+            groups[c + L.C_FIRST] = first
+            groups[c + L.C_END] = first + taken
+            groups[c + L.C_TOKEN] = self.slot.token
+            groups[c + L.C_OWNER] = self.slot.index + 1
         groups[g + L.G_CURSOR] = position
         groups[g + L.G_NEXT_SEQ] = seq
         if taken == 0:
             return None
-        c = L.claim_base(self.entry, free)
-        groups[c + L.C_POSITION] = start
-        groups[c + L.C_FIRST] = first
-        groups[c + L.C_END] = first + taken
-        groups[c + L.C_TOKEN] = self.slot.token
-        groups[c + L.C_OWNER] = self.slot.index + 1
         groups[g + L.G_DELIVERED] += taken
         self.claim = free
         return start, first, first + taken
@@ -471,10 +484,10 @@ def snapshots(pipe: Pipe) -> list[dict[str, Any]]:
     h = pipe.header
     out = []
     for entry in range(L.GROUPS):
+        if not _in_use(pipe, entry):
+            continue
         base = L.group_base(entry)
         slot = groups[base + L.G_SLOT] - 1
-        if slot < 0 or slot >= L.SLOT_COUNT:
-            continue
         unacked = 0
         for claim in range(L.CLAIMS):
             c = L.claim_base(entry, claim)

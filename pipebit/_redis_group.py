@@ -114,7 +114,13 @@ end
 redis.call('HSET', KEYS[7], g, release)
 local members = 0
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[2], g)) do
-  for i = 1, #c, 2 do if c[i] == 'name' and alive(c[i + 1]) then members = members + 1 end end
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if alive(info['name']) then members = members + 1
+  elseif tonumber(info['pending']) == 0 then  -- a dead member that held nothing: forget it
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[2], g, info['name'])
+    redis.call('HDEL', KEYS[8], 'm.' .. info['name'])
+  end
 end
 local _, done = split(last)
 return {'ok', again, fmt(tonumber(m[2] or '0') - done), members, entries}

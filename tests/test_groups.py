@@ -20,7 +20,7 @@ import pytest
 
 import pipebit
 from pipebit import _layout as L
-from pipebit import _shm
+from pipebit import _pipe, _shm
 
 from .conftest import Reaper
 from .helpers import wait_until
@@ -460,3 +460,23 @@ def test_a_pipe_of_layout_version_1_refuses_groups_and_still_works(name: str) ->
     assert receiver.receive(timeout=5) == [[1]]
     receiver.close_connection()
     assert pipebit.pipe_stats(name).groups == ()
+
+
+def test_a_group_half_made_by_a_killed_creator_is_made_again(name: str) -> None:
+    pipebit.SafeReceiver(name, group="g").close_connection()
+    pipe = _pipe.attach_existing(name)
+    try:
+        [slot] = [i for i in range(L.SLOT_COUNT) if pipe.header[L.slot_base(i) + L.S_ROLE] == L.ROLE_GROUP]
+        with pipe.lock:  # as if its creator died after writing the entry, before the slot's role
+            pipe.header[L.slot_base(slot) + L.S_ROLE] = L.ROLE_FREE
+    finally:
+        pipe.close()
+    assert pipebit.pipe_stats(name).groups == (), "an entry no slot holds is no group"
+    with pipebit.SafeSender(name) as sender:
+        sender.send([1])  # nothing holds the sender back
+    member = pipebit.SafeReceiver(name, group="g", start="oldest")
+    try:
+        assert member.receive(timeout=5) == [[1]]
+        assert [g.name for g in pipebit.pipe_stats(name).groups] == ["g"]
+    finally:
+        member.close_connection()
