@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import _codec, _lock, _shm
 from . import _layout as L
@@ -227,7 +227,7 @@ class GroupMember:
         _shm.drain(self.semaphore)
 
     # ------------------------------------------------------------ claiming
-    def take(self, timeout: float | None, closing: Any) -> list[Any]:
+    def take(self, timeout: float | None, closing: Callable[[], bool]) -> list[Any]:
         """Acknowledge the batch returned last, then claim and decode the next one, waiting up
         to ``timeout`` (``None``: for ever) while there is none; ``[]`` if none came.
         ``closing()`` true ends a wait early."""
