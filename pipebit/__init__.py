@@ -20,8 +20,8 @@ variable ``PIPEBIT_URL`` names a Redis server, puts the pipe on that server
 """
 
 from ._limits import DEFAULT_CAPACITY
-from ._stats import EndpointStats, Participant, PipeStats
-from ._transport import list_pipes, pipe_stats, remove
+from ._stats import EndpointStats, GroupStats, Participant, PipeStats
+from ._transport import list_pipes, pipe_stats, remove, remove_group
 from .errors import (
     ArgumentTypeError,
     CapacityMismatchError,
@@ -62,6 +62,7 @@ __all__ = [
     "EndpointStats",
     "FastReceiver",
     "FastSender",
+    "GroupStats",
     "InvalidArgumentError",
     "InvalidNameError",
     "ModelMismatchError",
@@ -88,4 +89,5 @@ __all__ = [
     "list_pipes",
     "pipe_stats",
     "remove",
+    "remove_group",
 ]

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import os
 
+from . import _group, _shm
 from . import _layout as L
-from . import _shm
 from ._limits import max_packet_bytes
 from ._pipe import Pipe, attach_existing
-from ._stats import EndpointStats, Participant, PipeStats
+from ._stats import EndpointStats, GroupStats, Participant, PipeStats
 from .errors import PipeFormatError, PipeNotFoundError
 
-_ROLES = {L.ROLE_SENDER: "sender", L.ROLE_RECEIVER: "receiver"}
+_ROLES = {L.ROLE_SENDER: "sender", L.ROLE_RECEIVER: "receiver", L.ROLE_MEMBER: "member"}
 
 
 def read_stats(pipe: Pipe) -> PipeStats:
@@ -28,6 +28,8 @@ def read_stats(pipe: Pipe) -> PipeStats:
     with pipe.lock:
         head, tail, written = h[L.HEAD], h[L.TAIL], h[L.PACKETS]
         lanes = {} if safe else _fast_senders_published(pipe)
+        groups = _group.snapshots(pipe) if safe else []
+        group_names = {g["slot"]: g["name"] for g in groups}
         participants = []
         for index in range(min(h[L.SLOT_HIGH], L.SLOT_COUNT)):
             base = L.slot_base(index)
@@ -48,11 +50,12 @@ def read_stats(pipe: Pipe) -> PipeStats:
                     packets=lanes.get(index, h[base + L.S_COUNT]),
                     lag=lag,
                     waiting=bool(h[base + L.S_WAITING]),
+                    group=group_names.get(cursor) if role == "member" else None,
                 )
             )
     if safe:
         cursors = [h[L.slot_base(p.slot) + L.S_CURSOR] for p in participants if p.alive and p.role == "receiver"]
-        lowest = min([tail, *cursors])
+        lowest = min([tail, *cursors, *(g["release"] for g in groups)])
         used, unread = head - min(lowest, head), head - min(cursors, default=head)
         max_packet = max_packet_bytes(pipe.capacity)
         last = h[L.LAST_WRITE_NS]
@@ -72,6 +75,19 @@ def read_stats(pipe: Pipe) -> PipeStats:
         unread_bytes=unread,
         writers_waiting=sum(1 for p in participants if p.alive and p.role == "sender" and p.waiting),
         participants=tuple(participants),
+        groups=tuple(
+            GroupStats(
+                name=g["name"],
+                members=g["members"],
+                lag=g["lag"],
+                unacked=g["unacked"],
+                delivered=g["delivered"],
+                redelivered=g["redelivered"],
+                acked=g["acked"],
+                created_at=g["created_at"],
+            )
+            for g in sorted(groups, key=lambda g: str(g["name"]))
+        ),
     )
 
 

@@ -5,7 +5,7 @@ A segment is a fixed header, a participant table, then the data area::
     offset  size  field             written            meaning
     ------  ----  ----------------  -----------------  ------------------------------------------
          0     8  magic             at creation, last  b"PIPEBIT\\0"; zero while being created
-         8     4  version           at creation        LAYOUT_VERSION
+         8     4  version           at creation        LAYOUT_VERSION (2); version 1 is also read
         12     4  byte_order        at creation        0x01020304 in the writer's native order
         16     4  model             at creation        MODEL_SAFE (1) or MODEL_FAST (2)
         20     4  slot_count        at creation        entries in the participant table
@@ -29,15 +29,23 @@ A segment is a fixed header, a participant table, then the data area::
                                                        maximum, under the writers' lock); start="unread"
        200    56  (reserved, zero)
        256  64*n  participant table, n = slot_count, one 64-byte slot each:
-                  +0  role        ROLE_FREE (0), ROLE_RECEIVER (1) or ROLE_SENDER (2)
-                  +8  pid         the holder's process id (informational; liveness is a lock)
+                  +0  role        ROLE_FREE (0), ROLE_RECEIVER (1), ROLE_SENDER (2),
+                                  ROLE_GROUP (3) or ROLE_MEMBER (4); odd roles hold writers back
+                  +8  pid         the holder's process id (informational; liveness is a lock);
+                                  a group: the index of its entry in the group area
                   +16 token       random id chosen by the holder at claim time
-                  +24 cursor      receivers: next ring position to read
+                  +24 cursor      receivers: next ring position to read; a group: its release
+                                  position (writers may reuse the ring below it); a member:
+                                  the slot index of its group
                   +32 next_seq    receivers: sequence number of the next packet to read
-                  +40 waiting     1 while asleep: receivers for a semaphore post, senders for room
-                  +48 attached_ns time.time_ns() of the claim
-                  +56 count       packets sent (senders) or read (receivers)
+                  +40 waiting     1 while asleep: receivers and members for a semaphore post,
+                                  senders for room
+                  +48 attached_ns time.time_ns() of the claim (a group: of its creation)
+                  +56 count       packets sent (senders), read (receivers), received (members)
+                                  or acknowledged (a group)
     data_offset      data area: the ring (Safe) or the latest-value slot (Fast)
+    data_offset+capacity  Safe pipes of version 2 only: the group area, GROUPS entries of
+                     GROUP_SIZE bytes (see below); version 1 pipes have none, and refuse groups
 
 Every field at offset 128 and beyond is an aligned 8-byte unsigned integer that
 other processes read while it changes, so it is only ever stored whole through
@@ -53,6 +61,28 @@ capacity``.  Each record is::
     +4  u32 count         packets in the record
     +8  u64 first_seq     sequence number of its first packet
     +16 payload           one msgpack array of ``count`` packets, then zero padding to 8
+
+A receiver group (see ``docs/groups.md``) is a participant slot of role
+ROLE_GROUP, which no process holds, and an entry of the group area, changed only
+under the writers' lock::
+
+    +0    u64 slot          1 + the index of the group's participant slot; 0 = free entry
+    +8    u64 token         the group slot's token
+    +16   u64 cursor        ring position of the record holding the next unclaimed packet
+    +24   u64 next_seq      sequence number of the next unclaimed packet
+    +32   u64 delivered     packets handed to members (redeliveries included)
+    +40   u64 redelivered   packets handed again after the member holding them died
+    +48   u64 created_ns    time.time_ns() of the group's creation
+    +56   u64 name_len      bytes of the UTF-8 group name that follow
+    +64   64 bytes          the group's name, NUL padded
+    +128  CLAIMS x 40 bytes claims handed out and not acknowledged, each:
+          u64 owner (1 + the member's slot index; 0 = free entry), u64 owner_token (the
+          member's token; 0 = its member died: waiting to be handed out again),
+          u64 position (ring position of the record holding the first packet),
+          u64 first_seq, u64 end_seq (sequence numbers of the packets, end exclusive)
+
+A group's release position (its slot's cursor) is the lowest ``position`` of its
+claims, or its ``cursor`` when it has none.
 
 The Fast data area is a latest-value register fed by up to ``LANES`` senders,
 each owning a lane of two buffers, so a sender writes without any lock and a
@@ -80,7 +110,8 @@ import struct
 from typing import NamedTuple
 
 MAGIC = b"PIPEBIT\x00"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no group area
 BYTE_ORDER_MARK = 0x01020304
 
 MODEL_SAFE = 1
@@ -90,6 +121,8 @@ MODEL_NAMES = {MODEL_SAFE: "safe", MODEL_FAST: "fast"}
 ROLE_FREE = 0
 ROLE_RECEIVER = 1
 ROLE_SENDER = 2
+ROLE_GROUP = 3  # a receiver group's position; held by no process (odd: it holds writers back)
+ROLE_MEMBER = 4  # a member of a receiver group
 
 FLAG_REMOVED = 1
 
@@ -137,6 +170,19 @@ MIN_RING = 4096  # the smallest Safe ring a user may ask for
 MAX_CAPACITY = 1 << 34  # 16 GiB: well past any sane ring, well inside u32 record lengths x many
 
 
+# The group area (Safe pipes of version 2): offsets relative to its start, in u64 units.
+GROUPS = 8
+CLAIMS = 64
+CLAIM_WORDS = 5
+GROUP_WORDS = 16 + CLAIMS * CLAIM_WORDS
+GROUP_SIZE = GROUP_WORDS * 8
+GROUP_AREA = GROUPS * GROUP_SIZE
+G_SLOT, G_TOKEN, G_CURSOR, G_NEXT_SEQ, G_DELIVERED, G_REDELIVERED, G_CREATED_NS, G_NAME_LEN = range(8)
+G_NAME = 64  # byte offset of the name inside an entry
+G_CLAIMS = 16  # u64 index of the first claim
+C_OWNER, C_TOKEN, C_POSITION, C_FIRST, C_END = range(CLAIM_WORDS)
+GROUP_NAME_BYTES = 64
+
 # The Fast data area (offsets relative to the data area).
 LANES = 8
 F_LATEST = 0
@@ -177,9 +223,20 @@ def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
 
-def segment_size(capacity: int) -> int:
-    """Total bytes of a segment whose data area holds ``capacity`` bytes."""
-    return DATA_OFFSET + capacity
+def segment_size(capacity: int, model: int = MODEL_FAST, version: int = LAYOUT_VERSION) -> int:
+    """Total bytes of a segment whose data area holds ``capacity`` bytes (a Safe pipe of
+    version 2 also holds the group area after it)."""
+    return DATA_OFFSET + capacity + (GROUP_AREA if model == MODEL_SAFE and version >= 2 else 0)
+
+
+def group_base(entry: int) -> int:
+    """Index of group-area entry ``entry``'s first field in the u64 view of the group area."""
+    return entry * GROUP_WORDS
+
+
+def claim_base(entry: int, claim: int) -> int:
+    """Index of claim ``claim`` of group entry ``entry`` in the u64 view of the group area."""
+    return entry * GROUP_WORDS + G_CLAIMS + claim * CLAIM_WORDS
 
 
 def pack_static(model: int, capacity: int, packet_len: int, created_ns: int, name: str) -> bytes:
@@ -204,6 +261,7 @@ class HeaderInfo(NamedTuple):
     """The static header fields, validated.  Built only by :func:`read_static`."""
 
     model: int
+    version: int
     slot_count: int
     data_offset: int
     capacity: int
@@ -233,8 +291,8 @@ def read_static(buf: memoryview | bytes, segment_bytes: int) -> HeaderInfo:
     if magic != MAGIC:
         blank = magic == b"\x00" * 8
         raise LayoutProblem("magic bytes are missing (not a PipeBit segment)", blank=blank)
-    if version != LAYOUT_VERSION:
-        raise LayoutProblem(f"layout version {version}, this PipeBit reads version {LAYOUT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise LayoutProblem(f"layout version {version}, this PipeBit reads versions 1 and {LAYOUT_VERSION}")
     if bom != BYTE_ORDER_MARK:
         raise LayoutProblem("written by a machine of the other byte order")
     if model not in MODEL_NAMES:
@@ -243,12 +301,13 @@ def read_static(buf: memoryview | bytes, segment_bytes: int) -> HeaderInfo:
         raise LayoutProblem(f"participant table of {slots} slots at {data_offset} is not this version's")
     if not MIN_CAPACITY <= capacity <= MAX_CAPACITY or capacity % ALIGN:
         raise LayoutProblem(f"capacity {capacity} is out of range")
-    if segment_size(capacity) > segment_bytes:
-        raise LayoutProblem(f"capacity {capacity} needs {segment_size(capacity)} bytes, segment has {segment_bytes}")
+    needed = segment_size(capacity, model, version)
+    if needed > segment_bytes:
+        raise LayoutProblem(f"capacity {capacity} needs {needed} bytes, segment has {segment_bytes}")
     if not 0 < name_len <= NAME_FIELD:
         raise LayoutProblem(f"name length {name_len} is out of range")
     try:
         name = bytes(raw_name[:name_len]).decode("utf-8")
     except UnicodeDecodeError:
         raise LayoutProblem("stored name is not UTF-8") from None
-    return HeaderInfo(model, slots, data_offset, capacity, created_ns, name)
+    return HeaderInfo(model, version, slots, data_offset, capacity, created_ns, name)

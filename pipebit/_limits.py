@@ -35,6 +35,7 @@ DEFAULT_RECEIVE_TIMEOUT = 0.1  # seconds receive() waits when nothing is there
 DEFAULT_MAX_CACHED = 65536  # packets a Safe receiver reads ahead
 DEFAULT_MAX_CACHED_BYTES = 64 << 20  # bytes a Safe receiver reads ahead
 MAX_RECORD_PACKETS = 8192  # packets per record (or stream entry): bounds a receiver's read-ahead
+GROUP_ENTRY_PACKETS = 16  # packets per stream entry of a Redis pipe with receiver groups (docs/groups.md)
 MAX_SPIN = 1.0  # seconds: the longest a receiver may be asked to poll before sleeping
 SAFE_STARTS: tuple[str, ...] = get_args(SafeStart)
 FAST_STARTS: tuple[str, ...] = get_args(FastStart)
@@ -52,6 +53,16 @@ def validate_name(name: object) -> str:
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise InvalidNameError(f"invalid pipe name {shown!r}: a name is {NAME_RULE}")
     return name
+
+
+def check_group(group: object, shown: str) -> str:
+    """A receiver group's name: the same rule as a pipe's name.  Errors name the pipe."""
+    if not isinstance(group, str):
+        raise ArgumentTypeError(f"pipe {shown!r}: a receiver group's name must be a str, not {type(group).__name__!r}")
+    if not NAME_PATTERN.match(group):
+        text = group if len(group) <= 80 else group[:77] + "..."
+        raise InvalidNameError(f"pipe {shown!r}: invalid receiver group name {text!r}: a group name is {NAME_RULE}")
+    return group
 
 
 # ------------------------------------------------------------------ checks

@@ -28,6 +28,8 @@ from .errors import (
     PipeNotFoundError,
 )
 
+_WOKEN_ROLES = (L.ROLE_RECEIVER, L.ROLE_MEMBER)  # who sleeps waiting for data
+
 
 class Slot:
     """A claimed entry of the participant table: its index, its lock, its semaphore."""
@@ -55,6 +57,14 @@ class Pipe:
         self.header = segment.view[: L.DATA_OFFSET].cast("Q")
         self.data = segment.view[L.DATA_OFFSET : L.DATA_OFFSET + info.capacity]
         self.words = self.data.cast("Q")  # the data area as u64s (the Fast register's fields)
+        self.version = info.version
+        # The group area as u64s (Safe pipes of version 2), else None: such a pipe has no groups.
+        self.groups: memoryview | None = None
+        self.group_bytes: memoryview | None = None  # the same area as bytes (group names)
+        if info.model == L.MODEL_SAFE and info.version >= 2:
+            start = L.DATA_OFFSET + info.capacity
+            self.group_bytes = segment.view[start : start + L.GROUP_AREA]
+            self.groups = self.group_bytes.cast("Q")
         self.lock = _lock.WriterLock(_shm.lock_path(name), create=create_lock)
         self._semaphores: dict[int, posix_ipc.Semaphore] = {}
         self._writer_semaphore: posix_ipc.Semaphore | None = None
@@ -69,9 +79,11 @@ class Pipe:
         return _lock.holder_is_alive(_shm.slot_path(self.name, index))
 
     def free_dead_slot(self, index: int) -> bool:
-        """Mark slot ``index`` free if its holder is dead.  Call with the writers' lock held."""
+        """Mark slot ``index`` free if its holder is dead.  Call with the writers' lock held.
+        A group's slot has no holder and is never freed here (see :mod:`pipebit._group`)."""
         base = L.slot_base(index)
-        if self.header[base + L.S_ROLE] == L.ROLE_FREE or self.slot_alive(index):
+        role = self.header[base + L.S_ROLE]
+        if role in (L.ROLE_FREE, L.ROLE_GROUP) or self.slot_alive(index):
             return False
         self._forget_holder(base)
         return True
@@ -102,12 +114,14 @@ class Pipe:
         """Take a free slot of the table for this process, reclaiming dead holders' slots.
 
         ``init(pipe, base)`` runs under the writers' lock before the slot is
-        published, to set model-specific fields (a receiver's cursor).
+        published, to set model-specific fields (a receiver's cursor).  A group's slot is
+        never taken: it has no holder, and lives until the group is removed.
         """
         h = self.header
         with self.lock:
             for index, base in enumerate(L.SLOT_BASES):
-                if h[base + L.S_ROLE] != L.ROLE_FREE and self.slot_alive(index):
+                held_as = h[base + L.S_ROLE]
+                if held_as == L.ROLE_GROUP or (held_as != L.ROLE_FREE and self.slot_alive(index)):
                     continue
                 lock = _lock.SlotLock(_shm.slot_path(self.name, index))
                 if not lock.try_hold():  # a holder we could not see yet: not ours to take
@@ -123,7 +137,11 @@ class Pipe:
                 h[base + L.S_ATTACHED_NS] = time.time_ns()
                 h[base + L.S_COUNT] = 0
                 if init is not None:
-                    init(self, base)
+                    try:
+                        init(self, base)
+                    except BaseException:
+                        lock.close()
+                        raise
                 h[base + L.S_ROLE] = role
                 # slot_high is clipped wherever it is read; written, it is brought back in range too.
                 h[L.SLOT_HIGH] = min(max(h[L.SLOT_HIGH], index + 1), L.SLOT_COUNT)
@@ -155,7 +173,7 @@ class Pipe:
         """
         h = self.header
         for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]]):
-            if h[base + L.S_WAITING] and h[base + L.S_ROLE] == L.ROLE_RECEIVER:
+            if h[base + L.S_WAITING] and h[base + L.S_ROLE] in _WOKEN_ROLES:
                 self.slot_semaphore(index).release()
 
     def writer_semaphore(self) -> posix_ipc.Semaphore:
@@ -193,6 +211,9 @@ class Pipe:
             self._writer_semaphore = None
         self.lock.close()
         self.header.release()
+        if self.groups is not None and self.group_bytes is not None:
+            self.groups.release()
+            self.group_bytes.release()
         self.words.release()
         self.data.release()
         self.segment.close()
@@ -206,7 +227,7 @@ def _describe(name: str, problem: L.LayoutProblem) -> PipeFormatError:
 
 
 def _initialise(name: str, model: int, capacity: int, packet_len: int) -> tuple[_shm.Segment, L.HeaderInfo]:
-    segment = _shm.create_segment(name, L.segment_size(capacity))
+    segment = _shm.create_segment(name, L.segment_size(capacity, model))
     if segment is None:  # only reachable if someone bypasses the lifecycle lock
         raise PipeBusyError(f"pipe {name!r} was created by someone else at the same moment; try again")
     try:

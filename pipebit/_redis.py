@@ -16,7 +16,11 @@ share one cluster slot and each script touches only keys it declares:
   member id) -- who is attached (``role pid attached_ms host``), until when it is
   alive (a deadline on the server's clock, pushed forward every second), each
   Safe receiver's position (the id of the last entry it read), and packets
-  counted (senders: acknowledged, which also makes retried deliveries idempotent).
+  counted (senders: acknowledged, which also makes retried deliveries idempotent);
+* ``pipebit:{<name>}:groups`` (hash by group name) -- each receiver group's release
+  position, which holds senders back like a receiver's; ``:gstats`` its counters and
+  which group each member is of (:mod:`pipebit._redis_group`; a group is also a
+  consumer group of the stream).
 
 Every decision that involves more than one key -- may a batch be added, what to
 trim, where a receiver starts -- is a Lua script, so it is atomic on the server
@@ -34,7 +38,7 @@ from typing import Any, Callable, TypeVar
 
 from ._address import RedisPipe, Server
 from ._limits import max_packet_bytes
-from ._stats import Participant, PipeStats
+from ._stats import GroupStats, Participant, PipeStats
 from .errors import DependencyError, PipeBusyError, PipeNotFoundError, TransportError
 
 try:
@@ -53,7 +57,7 @@ ALIVE_MS = 5000  # a member that has not checked in for this long no longer hold
 BEAT_INTERVAL = 1.0  # how often a member pushes its deadline forward
 FORGET_MS = 3_600_000  # a dead member's entries are deleted after this long
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0  # reconnection delays, doubling
-KEY_KINDS = ("meta", "data", "members", "alive", "receivers", "counts")
+KEY_KINDS = ("meta", "data", "members", "alive", "receivers", "counts", "groups", "gstats")
 
 #: Errors after which an operation is retried on a new connection (the server
 #: restarted, the network dropped, the server is loading its data).
@@ -129,7 +133,7 @@ if exists then
   local model, capacity = unpack(redis.call('HMGET', meta, 'model', 'capacity'))
   if ARGV[5] == '1' and (model ~= ARGV[1] or (ARGV[2] ~= '' and ARGV[2] ~= capacity)) then
     if live > 0 then return {'busy', tostring(live)} end
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
     exists = false
   elseif model ~= ARGV[1] then
     return {'mismatch', model}
@@ -153,7 +157,7 @@ end
 check_in(ARGV[7], ARGV[8], ARGV[13], now)
 local m = redis.call('HMGET', meta, 'model', 'capacity', 'packet_len', 'created_ns', 'head', 'tail')
 local position = ''
-if ARGV[9] == 'receiver' then
+if ARGV[9] == 'receiver' or ARGV[9] == 'member' then
   if ARGV[1] == 'safe' then
     local oldest = later(m[6], first_start(KEYS[2], m[5]))
     if ARGV[11] == m[4] and split(ARGV[12]) >= split(oldest) and split(ARGV[12]) <= split(m[5]) then
@@ -173,14 +177,14 @@ if ARGV[9] == 'receiver' then
         end
       end
     end
-    redis.call('HSET', KEYS[5], ARGV[7], position)
+    if ARGV[9] == 'receiver' then redis.call('HSET', KEYS[5], ARGV[7], position) end
   else
     local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
     position = (ARGV[10] == 'new' and last) and last[1] or '0-0'
   end
   redis.call('HSET', KEYS[6], ARGV[7], '0')
 end
-return {status, m[1], m[2], m[3], m[4], position}
+return {status, m[1], m[2], m[3], m[4], position, redis.call('HLEN', KEYS[7])}
 """
 )
 
@@ -193,7 +197,8 @@ local now = now_ms()
 local m = redis.call('HMGET', KEYS[1], 'created_ns', 'packet_len', 'capacity', 'head', 'tail')
 if m[1] ~= ARGV[2] then return {'gone'} end
 check_in(ARGV[1], ARGV[7], ARGV[6], now)
-if tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0') >= tonumber(ARGV[3]) then return {'ok', m[2]} end
+local groups = redis.call('HLEN', KEYS[7])
+if tonumber(redis.call('HGET', KEYS[6], ARGV[1]) or '0') >= tonumber(ARGV[3]) then return {'ok', m[2], groups} end
 local capacity = tonumber(m[3])
 local hb, hs = split(m[4])
 local low, holder = hb, ''
@@ -203,10 +208,14 @@ for i = 1, #positions, 2 do
   local b = split(positions[i + 1])
   if deadline > now and b < low then low, holder = b, positions[i] end
 end
+for _, p in ipairs(redis.call('HVALS', KEYS[7])) do  -- a group holds senders back, members or not
+  local b = split(p)
+  if b and b < low then low, holder = b, 'group' end
+end
 local d = ARGV[5]
 if hb + #d - low > capacity then
   redis.call('HSET', KEYS[6], ARGV[1] .. '.w', '1')
-  return {'full', m[2], holder, fmt(hb - low)}
+  return {'full', m[2], groups, holder, fmt(hb - low)}
 end
 redis.call('HDEL', KEYS[6], ARGV[1] .. '.w')
 local nb, ns = hb + #d, hs + tonumber(ARGV[4])
@@ -224,7 +233,7 @@ while true do
   if not first or split(first[1]) > low or entry_start(first) >= nb - capacity then break end
   redis.call('XDEL', KEYS[2], first[1])
 end
-return {'ok', m[2]}
+return {'ok', m[2], groups}
 """
 )
 
@@ -279,7 +288,7 @@ return 'ok'
 
 def keys(name: str) -> list[str]:
     """The keys of pipe ``name``, in the order the scripts expect them (see :data:`KEY_KINDS`)."""
-    return [f"pipebit:{{{name}}}:{kind}" for kind in ("meta", "data", "members", "alive", "receivers", "counts")]
+    return [f"pipebit:{{{name}}}:{kind}" for kind in KEY_KINDS]
 
 
 def data_key(name: str, model: str) -> str:
@@ -432,19 +441,19 @@ def read_stats(link: Link, name: str) -> tuple[PipeStats, list[str]]:
 
     :class:`PipeNotFoundError` if it does not exist.
     """
-    meta_key, _, members_key, alive_key, receivers_key, counts_key = keys(name)
+    meta_key, _, members_key, alive_key, receivers_key, counts_key, groups_key, gstats_key = keys(name)
     pipe = link.client.pipeline(transaction=True)
-    for key in (meta_key, members_key, alive_key, receivers_key, counts_key):
+    for key in (meta_key, members_key, alive_key, receivers_key, counts_key, groups_key, gstats_key):
         pipe.hgetall(key)
     pipe.time()
     pipe.xrange(data_key(name, "safe"), count=1)
     pipe.xrevrange(data_key(name, "fast"), count=1)
-    raw, members, alive, positions, counts, now, first, newest = link.call(pipe.execute)
+    raw, members, alive, positions, counts, group_positions, gstats, now, first, newest = link.call(pipe.execute)
     meta = _hash(raw)
     if not meta:
         raise PipeNotFoundError(f"no pipe {f'{link.server}/{name}'!r} exists")
     by_attach = sorted(_hash(members).items(), key=lambda item: (item[1].split()[2], item[0]))
-    alive, positions, counts = _hash(alive), _hash(positions), _hash(counts)
+    alive, positions, counts, gstats = _hash(alive), _hash(positions), _hash(counts), _hash(gstats)
     now_ms = now[0] * 1000 + now[1] // 1000
     safe = meta["model"] == "safe"
     capacity, written = int(meta["capacity"]), int(meta.get("written", 0))
@@ -466,9 +475,11 @@ def read_stats(link: Link, name: str) -> tuple[PipeStats, list[str]]:
                 packets=int(counts.get(member, 0)),
                 lag=lag,
                 waiting=role == "sender" and live and member + ".w" in counts,
+                group=gstats.get("m." + member),
             )
         )
     live_positions = [split_id(positions[m])[0] for m in positions if int(alive.get(m, 0)) > now_ms]
+    live_positions += [split_id(p)[0] for p in _hash(group_positions).values()]  # groups hold it too
     if safe:
         oldest = head_bytes
         if first:
@@ -495,8 +506,25 @@ def read_stats(link: Link, name: str) -> tuple[PipeStats, list[str]]:
         unread_bytes=max(unread, 0),
         writers_waiting=sum(1 for p in participants if p.waiting),
         participants=tuple(participants),
+        groups=tuple(_group_stats(group, gstats, written, participants) for group in sorted(_hash(group_positions))),
     )
     return stats, [member for member, _ in by_attach]
+
+
+def _group_stats(group: str, gstats: dict[str, str], written: int, participants: list[Participant]) -> GroupStats:
+    def count(field: str) -> int:
+        return int(gstats.get(f"{group}.{field}", 0))
+
+    return GroupStats(
+        name=group,
+        members=sum(1 for p in participants if p.alive and p.group == group),
+        lag=max(written - split_id(gstats.get(f"{group}.last", "0-0"))[1], 0),
+        unacked=count("unacked"),
+        delivered=count("delivered"),
+        redelivered=count("redelivered"),
+        acked=count("acked"),
+        created_at=count("created") / 1000,
+    )
 
 
 def _link(server: Server) -> Link:

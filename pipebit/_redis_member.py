@@ -48,7 +48,11 @@ class RedisMember:
         self.info = ""
         self.created = ""
         self.capacity = 0  # the pipe's: ring bytes (Safe) or slot bytes (Fast)
+        self.groups = 0
         self.link: R.Link | None = None
+        self._interrupted = False  # interrupt() cut the connection: the failure it causes is not one
+        self._backoff = threading.Event()  # set by interrupt(): a pause before reconnecting ends
+        self._attempt = 0  # reconnection attempts since the last round trip that worked
 
     def keys(self) -> list[str]:
         return R.pipe_keys(self.name, self.model)
@@ -120,8 +124,9 @@ class RedisMember:
         except BaseException:
             link.close()
             raise
-        _model, capacity, rule, self.created, position = rest
+        _model, capacity, rule, self.created, position, groups = rest
         self.capacity = int(capacity)
+        self.groups = int(groups)  # receiver groups of the pipe, as of this reply
         self.link = link
         self._log(f"{status} ({self.model}, {capacity} bytes) on {self.address.server}")
         return position, int(rule)
@@ -172,6 +177,29 @@ class RedisMember:
             raise R.describe(exc, link.server) from exc
         self._log(f"lost the server ({exc}); retrying")
         return True
+
+    def recover(self, exc: Exception) -> None:
+        """After a failed round trip of a reading member: nothing if :meth:`interrupt` caused it;
+        else sort it out (:meth:`retry_after`) and pause before the next attempt."""
+        if self._interrupted:
+            self._interrupted = False
+            return
+        if self.retry_after(exc):
+            self._backoff.clear()
+            retry_wait(self._backoff, self._attempt)
+            self._attempt += 1
+
+    def interrupt(self) -> None:
+        """Make a round trip waiting in another thread return now: cut the connection it waits on."""
+        link = self.link
+        if link is None:
+            return
+        self._interrupted = True
+        self._backoff.set()
+        try:
+            link.client.connection_pool.disconnect()
+        except Exception:  # a broken connection may fail to close; it is closed either way
+            pass
 
     def removed(self) -> PipeClosedError:
         return PipeClosedError(

@@ -32,7 +32,7 @@ from . import _redis as R
 from ._address import RedisPipe
 from ._arrays import numpy_module
 from ._frames import Rest
-from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, Packet, max_packet_bytes
+from ._limits import DEFAULT_CAPACITY, GROUP_ENTRY_PACKETS, MAX_RECORD_PACKETS, Packet, max_packet_bytes
 from ._redis_member import Log, RedisMember, retry_wait
 from .errors import TransportError
 
@@ -60,6 +60,7 @@ class RedisSafeWriter(RedisMember):
             size=capacity, default=DEFAULT_CAPACITY, packet_len=packet_len, override=override
         )
         self.max_packet = max_packet_bytes(self.capacity)
+        self.batch_packets = GROUP_ENTRY_PACKETS if self.groups else MAX_RECORD_PACKETS
         self.stall_hint = (
             "a receiver that is alive but not reading keeps the pipe full, or the "
             f"Redis server {address.server} could not be reached"
@@ -91,12 +92,19 @@ class RedisSafeWriter(RedisMember):
             if status == "gone":
                 raise self.removed()
             self.packet_len = int(reply[1])
+            self._groups_now(reply)
             if status == "ok":
                 self._acked += count
                 return True
             abort.wait(nap)  # full: live receivers have not read enough yet
             nap = min(nap * 2, FULL_NAP[1])
         return False
+
+    def _groups_now(self, reply: Any) -> None:
+        # A stream entry goes to one member of a receiver group whole: while the pipe has
+        # groups, entries are kept small, so that work can be shared fairly (docs/groups.md).
+        groups = int(reply[2]) if len(reply) > 2 else 0
+        self.batch_packets = GROUP_ENTRY_PACKETS if groups else MAX_RECORD_PACKETS
 
     def commit_now(self, payload: bytes, count: int, rest: Rest = b"") -> bool:
         """Never: a round trip is not something send() may wait for."""
@@ -158,10 +166,7 @@ class RedisSafeReader(RedisMember):
         self._entries_per_read = max(1, max_cached // MAX_RECORD_PACKETS)
         self._fetched: list[Any] = []  # entries wait() read from the server, not yet decoded
         self._read = 0  # packets decoded: reported when checking in
-        self._attempt = 0
         self._beat_due = 0.0
-        self._interrupted = False
-        self._backoff = threading.Event()
         self.problem: Exception | None = None
         self.bytes_read = 0
 
@@ -241,14 +246,7 @@ class RedisSafeReader(RedisMember):
                 pipe.xread({stream: self._position}, count=self._entries_per_read, block=block)
             replies = pipe.execute()
         except Exception as exc:
-            if self._interrupted:  # interrupt() cut the connection: not a failure
-                self._interrupted = False
-                return
-            if not self.retry_after(exc):
-                return
-            self._backoff.clear()
-            retry_wait(self._backoff, self._attempt)
-            self._attempt += 1
+            self.recover(exc)
             return
         if self._attempt:
             self._log(f"reconnected; reading on from {self._position}")
@@ -258,18 +256,6 @@ class RedisSafeReader(RedisMember):
             raise self.removed()
         if block is not None and replies[1]:
             self._fetched += R.read_entries(replies[1])
-
-    def interrupt(self) -> None:
-        """Make a :meth:`wait` in another thread return now: cut the connection it waits on."""
-        link = self.link
-        if link is None:
-            return
-        self._interrupted = True
-        self._backoff.set()
-        try:
-            link.client.connection_pool.disconnect()
-        except Exception:  # a broken connection may fail to close; it is closed either way
-            pass
 
     def close(self, returned: str) -> tuple[str, str]:
         """Leave the pipe, having returned to the application everything up to ``returned`` (a

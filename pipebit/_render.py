@@ -15,6 +15,7 @@ array is shown by its shape and dtype, not its items: ``array(shape=(1080,
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import math
@@ -109,3 +110,37 @@ def array_from_json(spec: object) -> Any:
     if not all(type(n) is int and 0 <= n < 1 << 62 for n in shape):
         raise ValueError(f'the "shape" of a "{ARRAY_KEY}" must list whole numbers >= 0, not {shape!r}')
     return unpack_array(payload(dtype, shape, base64.b64decode(data, validate=True)))
+
+
+def from_json(obj: dict[str, Any]) -> Any:
+    """``json.loads`` object hook undoing the bytes and array encodings of ``tail --json`` (:mod:`pipebit._render`).
+
+    Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
+    """
+    if len(obj) == 1 and isinstance(obj.get(BYTES_KEY), str):
+        try:
+            return base64.b64decode(obj[BYTES_KEY], validate=True)
+        except ValueError as exc:  # binascii.Error; or text that is not ASCII
+            raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
+    if len(obj) == 1 and ARRAY_KEY in obj:
+        try:
+            return array_from_json(obj[ARRAY_KEY])
+        except (ValueError, ImportError) as exc:  # ImportError: NumpyMissingError
+            raise argparse.ArgumentTypeError(f'not an array in a "{ARRAY_KEY}" ({exc})') from None
+    return obj
+
+
+def int_from_json(digits: str) -> int:
+    """``json.loads`` ``parse_int`` hook: ``int()``, or :class:`argparse.ArgumentTypeError` for too many digits.
+
+    Since CPython 3.11 (and 3.10.7, 3.9.14) ``int()`` refuses more than 4300 digits by
+    default, against quadratic-time conversions (CVE-2020-10735).  Its ValueError would
+    otherwise leave ``json.loads`` looking like any other bad JSON.
+    """
+    try:
+        return int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an integer of {len(digits.lstrip('-'))} digits, more than Python converts from text "
+            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
+        ) from None

@@ -186,7 +186,7 @@ class RingWriter:
         return 0
 
     def _lowest_cursor(self, h: memoryview, head: int) -> tuple[int, int]:
-        """(lowest position an attached receiver still needs, or ``head``; its slot or -1).
+        """(lowest position an attached receiver or a group still needs, or ``head``; its slot or -1).
 
         A cursor more than a lap behind ``head`` (or past it) is one no receiver can
         have, since writers never pass a receiver: it is damage to that slot.  It is
@@ -196,7 +196,7 @@ class RingWriter:
         lowest, holder = head, -1
         possible = head - self.capacity
         for index, base in enumerate(_SLOT_BASES[: h[_SLOT_HIGH]]):
-            if h[base + _S_ROLE] == _RECEIVER:
+            if h[base + _S_ROLE] & 1:  # a receiver, or a group: their cursors hold writers back
                 cursor = h[base + _S_CURSOR]
                 if cursor < lowest:
                     lowest, holder = max(cursor, possible), index

@@ -362,22 +362,24 @@ class SendQueue(AsyncSending):
         enough, else as many packets as fit ``batch_bytes`` (at least one)."""
         self._settle()
         queue = self._queue
+        writer = self._writer
+        most = writer.batch_packets if writer is not None else MAX_RECORD_PACKETS
         if self._framed:  # a framed record is a batch of its own
-            return self._take_batch_to_framed(batch_bytes)
-        if len(queue) <= MAX_RECORD_PACKETS and self._queued_bytes <= batch_bytes:
+            return self._take_batch_to_framed(batch_bytes, most)
+        if len(queue) <= most and self._queued_bytes <= batch_bytes:
             batch, size = queue, self._queued_bytes  # all of it: swap, do not copy
             self._queue = collections.deque()
         else:
             batch = collections.deque([queue.popleft()])
             size = len(batch[0])
-            while queue and len(batch) < MAX_RECORD_PACKETS and size + len(queue[0]) <= batch_bytes:
+            while queue and len(batch) < most and size + len(queue[0]) <= batch_bytes:
                 item = queue.popleft()
                 batch.append(item)
                 size += len(item)
         self._queued_bytes -= size
         return batch
 
-    def _take_batch_to_framed(self, batch_bytes: int) -> collections.deque[bytes]:
+    def _take_batch_to_framed(self, batch_bytes: int, most: int) -> collections.deque[bytes]:
         """:meth:`_take_batch` with a framed record queued: the packets before it, or it alone."""
         queue = self._queue
         first = queue.popleft()
@@ -386,7 +388,7 @@ class SendQueue(AsyncSending):
         if type(first) is Framed:
             self._framed -= 1
         else:
-            while queue and len(batch) < MAX_RECORD_PACKETS and type(queue[0]) is not Framed:
+            while queue and len(batch) < most and type(queue[0]) is not Framed:
                 if size + len(queue[0]) > batch_bytes:
                     break
                 item = queue.popleft()

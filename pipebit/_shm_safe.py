@@ -18,9 +18,11 @@ from typing import Any, Callable
 from . import _layout as L
 from ._attachment import Attachment
 from ._frames import Rest
-from ._limits import DEFAULT_CAPACITY, max_packet_bytes
+from ._group import GroupMember, join
+from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, max_packet_bytes
 from ._pipe import Pipe, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
+from .errors import PipeClosedError
 
 # spin="auto": a waiting receive() polls up to this long before sleeping, but only while
 # the packets it waited for came within this long (a request/reply exchange).
@@ -41,6 +43,7 @@ class ShmSafeWriter(RingWriter, Attachment):
     """A sender's way into a Safe pipe in shared memory: commits batches, as records."""
 
     inline = True  # a lone packet may be committed from send() itself (try_commit)
+    batch_packets = MAX_RECORD_PACKETS  # group members claim parts of records: no need to cut them smaller
     idle_interval: float | None = None  # nothing to do while idle
     stall_hint = "a receiver that is alive but not reading keeps the pipe full"
 
@@ -202,3 +205,70 @@ class ShmSafeReader(RingReader, Attachment):
         if self.close_when_unviewed():
             self.release()
         return resume
+
+
+class ShmGroupReader(GroupMember, Attachment):
+    """A member of a receiver group of a Safe pipe in shared memory (see :mod:`pipebit._group`).
+
+    Liveness is the slot's kernel lock: nothing to keep up (``keepalive_interval`` is ``None``).
+
+    ``take()`` acknowledges the batch it returned last and claims the next, in the
+    caller's thread: a member never reads ahead, so it holds no more than it will process.
+    """
+
+    keepalive_interval: float | None = None
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        group: str,
+        start: str,
+        capacity: int | None,
+        batch: int | None,
+        max_packets: int,
+        create: bool,
+        log: Log | None,
+    ) -> None:
+        joined: list[int] = []
+
+        def place(pipe: Pipe, base: int) -> None:
+            joined.append(join(pipe, (base - L.TABLE_OFFSET // 8) // (L.SLOT_SIZE // 8), group, start))
+            entry = L.group_base(joined[0])
+            assert pipe.groups is not None
+            pipe.header[base + L.S_CURSOR] = pipe.groups[entry + L.G_SLOT] - 1
+
+        pipe, slot = attach(
+            name,
+            L.MODEL_SAFE,
+            L.ROLE_MEMBER,
+            init=place,
+            capacity=capacity,
+            packet_len=None,
+            override=False,
+            **_options(create, log),
+        )
+        self.pipe, self.slot = pipe, slot
+        try:
+            super().__init__(pipe, slot, entry=joined[0], group=group, batch=batch, max_packets=max_packets)
+        except BaseException:
+            self.release()
+            raise
+        self.shown = name
+        self.capacity = pipe.capacity
+
+    def keepalive(self) -> None:
+        """Nothing to keep up: liveness is the slot's kernel lock."""
+
+    def close(self, acknowledge: bool = True) -> None:
+        """Leave the group: acknowledge the batch returned last (unless not ``acknowledge``:
+        it is then handed to another member), and give the slot back."""
+        try:
+            if acknowledge:
+                self.ack()
+        except PipeClosedError:
+            pass  # the pipe or the group was removed: there is nothing left to acknowledge
+        finally:
+            if self.pipe.header[L.WRITERS_WAITING]:
+                self.pipe.writer_semaphore().release()
+            self.release()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-__all__ = ["EndpointStats", "Participant", "PipeStats"]
+__all__ = ["EndpointStats", "GroupStats", "Participant", "PipeStats"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Participant:
     slot: int
     """Index in the pipe's participant table."""
     role: str
-    """``"sender"`` or ``"receiver"``."""
+    """``"sender"``, ``"receiver"`` or ``"member"`` (of a receiver group)."""
     pid: int
     """Process id recorded at attach time (informational: liveness does not trust it)."""
     alive: bool
@@ -36,6 +36,31 @@ class Participant:
     """Receivers of Safe pipes: packets committed that it has not read yet; else ``None``."""
     waiting: bool
     """Receivers: asleep waiting for data.  Safe senders: asleep waiting for room in the ring."""
+    group: str | None = None
+    """Members: the receiver group they belong to; else ``None``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStats:
+    """One receiver group of a Safe pipe (see ``docs/groups.md``)."""
+
+    name: str
+    """The group's name."""
+    members: int
+    """Live members attached now (a group outlives its members)."""
+    lag: int
+    """Packets in the pipe that no member has claimed yet."""
+    unacked: int
+    """Packets handed to members and not acknowledged yet (those of dead members included,
+    until another member takes them)."""
+    delivered: int
+    """Packets handed to members, redeliveries included."""
+    redelivered: int
+    """Packets handed out again because the member holding them died."""
+    acked: int
+    """Packets acknowledged by members."""
+    created_at: float
+    """When the group was created, in seconds since the epoch."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +90,9 @@ class PipeStats:
     writers_waiting: int
     """Senders currently asleep waiting for room in the ring."""
     participants: tuple[Participant, ...]
-    """Every occupied slot, live or dead."""
+    """Every occupied slot, live or dead (group members have the role ``"member"``)."""
+    groups: tuple[GroupStats, ...] = ()
+    """The receiver groups of a Safe pipe, by name."""
 
     @property
     def fill(self) -> float:
@@ -91,8 +118,10 @@ class PipeStats:
 
     @property
     def stale(self) -> bool:
-        """No live process is attached (the pipe only holds retained data)."""
-        return not any(p.alive for p in self.participants)
+        """No live process is attached, and no receiver group is owed packets: the pipe only
+        holds retained data."""
+        owed = any(g.lag or g.unacked for g in self.groups)
+        return not owed and not any(p.alive for p in self.participants)
 
 
 @dataclasses.dataclass(frozen=True)

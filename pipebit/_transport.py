@@ -19,12 +19,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Protocol
 
-from . import _inspect, _pipe
+from . import _group, _inspect, _pipe
 from ._address import Address, RedisPipe, env_server, parse, parse_server
 from ._frames import Rest
-from ._limits import Packet, Sendable
+from ._limits import Packet, Sendable, check_group
 from ._shm_fast import ShmFastReader, ShmFastWriter
-from ._shm_safe import ShmSafeReader, ShmSafeWriter
+from ._shm_safe import ShmGroupReader, ShmSafeReader, ShmSafeWriter
 from ._stats import EndpointStats, PipeStats
 
 Log = Callable[[str], None]
@@ -53,6 +53,8 @@ class SafeWriter(Backend, Protocol):
     """The largest encoded packet the pipe carries."""
     packet_len: int
     """Elements the pipe requires per packet (0: any), as of the last commit."""
+    batch_packets: int
+    """The most packets one batch (record, stream entry) may hold now."""
     inline: bool
     """Whether :meth:`commit_now` may succeed, so that ``send()`` should try it for a lone packet."""
     idle_interval: float | None
@@ -120,6 +122,44 @@ class SafeReader(Backend, Protocol):
     def close(self, returned: Any) -> Any:
         """Leave, having returned everything before ``returned`` (a :meth:`position`) to the
         application; returns the ``resume`` for reconnecting."""
+        ...
+
+
+class GroupReader(Backend, Protocol):
+    """A member of a receiver group of a Safe pipe.  Used by one thread at a time.
+
+    Each packet of the pipe goes to one member of the group; what a member was given
+    stays its own until it acknowledges it, and goes to another member if it dies first.
+    """
+
+    capacity: int
+    problem: Exception | None
+    """Damage met by the last :meth:`take`, after the packets it returned."""
+    keepalive_interval: float | None
+    """How often the face must call :meth:`keepalive` from a thread of its own while the
+    application works (``None``: never)."""
+
+    def keepalive(self) -> None:
+        """Stay counted as alive (a member busy with its batch is not dead)."""
+        ...
+
+    def take(self, timeout: float | None, closing: Callable[[], bool]) -> list[Packet]:
+        """Acknowledge what the last call returned, then claim and return the next batch
+        (redelivered packets first), waiting up to ``timeout`` for one; ``[]`` if none
+        came or ``closing()`` turned true.  Never reads ahead of what it returns."""
+        ...
+
+    def ack(self) -> None:
+        """Acknowledge what the last :meth:`take` returned."""
+        ...
+
+    def interrupt(self) -> None:
+        """Make a :meth:`take` waiting in another thread look at ``closing()`` now."""
+        ...
+
+    def close(self, acknowledge: bool = True) -> None:
+        """Leave the group, acknowledging what the last :meth:`take` returned (unless not
+        ``acknowledge``: it then goes to another member)."""
         ...
 
 
@@ -217,6 +257,33 @@ def open_safe_reader(
     return ShmSafeReader(address, start=start, capacity=capacity, spin=spin, resume=resume, create=create, log=log)
 
 
+def open_group_reader(
+    address: Address,
+    *,
+    group: str,
+    start: str,
+    capacity: int | None,
+    batch: int | None,
+    max_packets: int,
+    create: bool,
+    log: Log | None,
+) -> GroupReader:
+    options: dict[str, Any] = {
+        "group": group,
+        "start": start,
+        "capacity": capacity,
+        "batch": batch,
+        "max_packets": max_packets,
+        "create": create,
+        "log": log,
+    }
+    if isinstance(address, RedisPipe):
+        from ._redis_group import open_member  # noqa: PLC0415 - redis-py is optional: imported on first use
+
+        return open_member(address, **options)
+    return ShmGroupReader(address, **options)
+
+
 def open_fast_writer(
     address: Address,
     *,
@@ -274,6 +341,23 @@ def remove(name: str, *, force: bool = False) -> list[str]:
 
         return _redis.remove_pipe(address, force=force)
     return _pipe.remove_pipe(address, force=force)
+
+
+def remove_group(name: str, group: str) -> None:
+    """Remove receiver group ``group`` of Safe pipe ``name``: the packets it had not consumed
+    stop holding senders back, and are no longer owed to anyone of it.
+
+    :class:`PipeBusyError` while live members are attached; :class:`PipeNotFoundError` if
+    the pipe or the group does not exist.
+    """
+    address = parse(name)
+    check_group(group, str(address))
+    if isinstance(address, RedisPipe):
+        from . import _redis_group  # noqa: PLC0415 - redis-py is optional: imported on first use
+
+        _redis_group.remove_group(address, group)
+        return
+    _group.remove_group(address, group)
 
 
 def pipe_stats(name: str) -> PipeStats:

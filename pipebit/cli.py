@@ -13,7 +13,6 @@ Pipes on a Redis server work the same: a NAME may be a URL
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import contextlib
 import dataclasses
@@ -27,9 +26,9 @@ import time
 import warnings
 from typing import Any, Callable, Iterator, List, Sequence
 
-from . import __version__, _codec, list_pipes, pipe_stats, remove
-from ._render import ARRAY_KEY, BYTES_KEY, Unprintable, array_from_json, format_packet
-from ._stats import Participant, PipeStats
+from . import __version__, _codec, list_pipes, pipe_stats, remove, remove_group
+from ._render import Unprintable, format_packet, from_json, int_from_json
+from ._stats import GroupStats, Participant, PipeStats
 from .errors import (
     PacketSizeError,
     PipeBitError,
@@ -85,13 +84,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]
 
 def _ls_row(s: PipeStats) -> list[str]:
     lag = "-" if s.max_lag is None else s.max_lag
+    groups = ",".join(f"{g.name}({g.members})" for g in s.groups) or "-"
     cells = (s.name, s.model, _size(s.capacity), f"{s.fill:.0%}", s.packets_written, s.senders, s.receivers, lag)
-    return [*map(str, cells), _age(s.last_write_at), _state(s)]
+    return [*map(str, cells), groups, _age(s.last_write_at), _state(s)]
+
+
+def _group_row(g: GroupStats) -> list[str]:
+    return [*map(str, (g.name, g.members, g.lag, g.unacked, g.delivered, g.redelivered, g.acked))]
 
 
 def _participant_row(p: Participant) -> list[str]:
-    waiting = ("yes" if p.waiting else "no") if p.role == "receiver" else "-"
-    cells = (p.slot, p.role, p.pid, "alive" if p.alive else "dead", "-" if p.lag is None else p.lag, p.packets, waiting)
+    waiting = ("yes" if p.waiting else "no") if p.role in ("receiver", "member") else "-"
+    role = f"member:{p.group}" if p.group is not None else p.role
+    cells = (p.slot, role, p.pid, "alive" if p.alive else "dead", "-" if p.lag is None else p.lag, p.packets, waiting)
     return [*map(str, cells), _age(p.attached_at) + " ago"]
 
 
@@ -110,40 +115,6 @@ def _quote(text: str) -> str:
     return repr(text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "...")
 
 
-def _from_json(obj: dict[str, Any]) -> Any:
-    """``json.loads`` object hook undoing the bytes and array encodings of ``tail --json`` (:mod:`pipebit._render`).
-
-    Raises :class:`argparse.ArgumentTypeError` (which ``json.loads`` lets through) for bad base64.
-    """
-    if len(obj) == 1 and isinstance(obj.get(BYTES_KEY), str):
-        try:
-            return base64.b64decode(obj[BYTES_KEY], validate=True)
-        except ValueError as exc:  # binascii.Error; or text that is not ASCII
-            raise argparse.ArgumentTypeError(f'not valid base64 in a "{BYTES_KEY}" ({exc})') from None
-    if len(obj) == 1 and ARRAY_KEY in obj:
-        try:
-            return array_from_json(obj[ARRAY_KEY])
-        except (ValueError, ImportError) as exc:  # ImportError: NumpyMissingError
-            raise argparse.ArgumentTypeError(f'not an array in a "{ARRAY_KEY}" ({exc})') from None
-    return obj
-
-
-def _int_from_json(digits: str) -> int:
-    """``json.loads`` ``parse_int`` hook: ``int()``, or :class:`argparse.ArgumentTypeError` for too many digits.
-
-    Since CPython 3.11 (and 3.10.7, 3.9.14) ``int()`` refuses more than 4300 digits by
-    default, against quadratic-time conversions (CVE-2020-10735).  Its ValueError would
-    otherwise leave ``json.loads`` looking like any other bad JSON.
-    """
-    try:
-        return int(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"an integer of {len(digits.lstrip('-'))} digits, more than Python converts from text "
-            "(PYTHONINTMAXSTRDIGITS=0 in the environment lifts that limit)"
-        ) from None
-
-
 def _packet(text: str) -> List[Any]:
     """argparse type of ``send``'s packets: a JSON array that any pipe can carry.
 
@@ -155,7 +126,7 @@ def _packet(text: str) -> List[Any]:
     except UnicodeEncodeError as exc:  # argv bytes that are not UTF-8 arrive as lone surrogates (PEP 383)
         raise argparse.ArgumentTypeError(f"not UTF-8 text (at character {exc.start}): {_quote(text)}") from None
     try:
-        value = json.loads(text, object_hook=_from_json, parse_int=_int_from_json)
+        value = json.loads(text, object_hook=from_json, parse_int=int_from_json)
     except argparse.ArgumentTypeError as exc:
         raise argparse.ArgumentTypeError(f"{exc}: {_quote(text)}") from None
     except ValueError as exc:  # json.JSONDecodeError
@@ -295,8 +266,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """List this user's pipes (or those on a Redis server), one row each.
 
     SEND and RECV count live senders and receivers; LAG is the packets the slowest
-    live receiver has not read.  STATE is live, blocked (a sender waits for a
-    receiver to read) or stale (no live process attached: see `pipebit clean`).
+    live receiver has not read; GROUPS names each receiver group with its live
+    members.  STATE is live, blocked (a sender waits for a receiver to read) or
+    stale (no live process attached and no group owed packets: see `pipebit clean`).
     With URL, or while PIPEBIT_URL is set, the pipes on that Redis server.
 
     example:
@@ -308,7 +280,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_record(s) for s in pipes], indent=2))
         return 0
-    header = ("NAME", "MODEL", "CAPACITY", "FILL", "WRITTEN", "SEND", "RECV", "LAG", "LAST-WRITE", "STATE")
+    header = ("NAME", "MODEL", "CAPACITY", "FILL", "WRITTEN", "SEND", "RECV", "LAG", "GROUPS", "LAST-WRITE", "STATE")
     print(_table(header, [_ls_row(s) for s in pipes], right={2, 3, 4, 5, 6, 7, 8}))
     return 0
 
@@ -317,7 +289,10 @@ def cmd_stat(args: argparse.Namespace) -> int:
     """Show everything about one pipe, and each sender and receiver attached to it.
 
     Each has its pid, whether it is alive or died without detaching, its lag in
-    packets, and (receivers) whether it is waiting for data.
+    packets, and (receivers) whether it is waiting for data.  Each receiver group
+    has its live members, LAG (packets no member has taken yet), UNACKED (taken, not
+    acknowledged), and how many packets it delivered, redelivered after a member died,
+    and had acknowledged.
 
     example:
       pipebit stat data_pipe
@@ -342,6 +317,9 @@ def cmd_stat(args: argparse.Namespace) -> int:
     if s.participants:
         header = ("SLOT", "ROLE", "PID", "STATE", "LAG", "PACKETS", "WAITING", "ATTACHED")
         print("\n" + _table(header, [_participant_row(p) for p in s.participants], right={2, 4, 5}))
+    if s.groups:
+        columns = ("GROUP", "MEMBERS", "LAG", "UNACKED", "DELIVERED", "REDELIVERED", "ACKED")
+        print("\n" + _table(columns, [_group_row(g) for g in s.groups], right={1, 2, 3, 4, 5, 6}))
     return 0
 
 
@@ -435,16 +413,29 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    """Remove pipes: their shared memory, semaphores and lock files.
+    """Remove pipes: their shared memory, semaphores and lock files; or a receiver group.
 
     Refuses (exit status 1) while live processes are attached, unless --force:
-    they then get PipeClosedError.
+    they then get PipeClosedError.  With --group G, removes only receiver group G of
+    each pipe (refused while it has live members): what it had not consumed stops
+    holding senders back.
 
     example:
       pipebit rm data_pipe
       pipebit rm --force data_pipe other_pipe
+      pipebit rm jobs --group resize
     """
     status = 0
+    if args.group is not None:
+        for name in args.names:
+            try:
+                remove_group(name, args.group)
+            except PipeBitError as exc:
+                _complain(str(exc))
+                status = 1
+            else:
+                print(f"removed group {args.group} of {name}")
+        return status
     for name in args.names:
         try:
             remove(name, force=args.force)
@@ -554,6 +545,7 @@ def _parser() -> argparse.ArgumentParser:
     sub["send"].add_argument("--timeout", type=_seconds, metavar="S", help="give up after S s if the pipe stays full")
     sub["rm"].add_argument("names", nargs="+", metavar="NAME", help="a pipe's name")
     sub["rm"].add_argument("--force", action="store_true", help="remove even while processes are attached")
+    sub["rm"].add_argument("--group", metavar="G", help="remove only receiver group G of each pipe")
     sub["clean"].add_argument("patterns", nargs="*", metavar="PATTERN", help="only pipes whose names match")
     sub["clean"].add_argument("--dry-run", action="store_true", help="only print what would be removed")
     sub["hz"].add_argument("--window", type=_seconds, default=5.0, metavar="S", help="average over the last S s (5)")

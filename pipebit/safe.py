@@ -38,6 +38,7 @@ from typing import Any, Iterator, Union
 
 from . import _codec, _transport
 from ._frames import Held, OutOfBand, release_views
+from ._group_receive import GroupReceive
 from ._limits import (
     DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_CACHED,
@@ -54,6 +55,7 @@ from ._limits import (
     check_capacity,
     check_count,
     check_flag,
+    check_group,
     check_size,
     check_spin,
     check_start,
@@ -63,7 +65,7 @@ from ._limits import (
 from ._receive_cache import ReceiveCache
 from ._send_queue import SendQueue
 from ._worker import Worker
-from .errors import PipeClosedError, PipeTimeoutError, UndeliveredPacketsWarning
+from .errors import InvalidArgumentError, PipeClosedError, PipeTimeoutError, UndeliveredPacketsWarning
 
 STARTS = SAFE_STARTS
 __all__ = ["BitPackReceiver", "BitPackSender", "SafeReceiver", "SafeSender"]
@@ -269,7 +271,7 @@ class SafeSender(SendQueue):
             )
 
 
-class SafeReceiver(ReceiveCache):
+class SafeReceiver(ReceiveCache, GroupReceive):
     """Receives every packet of a Safe pipe, creating the pipe if it does not exist.
 
     ``SafeReceiver(name, debug=0)`` attaches at once.  Keyword-only options:
@@ -297,6 +299,16 @@ class SafeReceiver(ReceiveCache):
       sleeping process.
     * ``create`` -- with ``False``, a missing pipe raises :class:`PipeNotFoundError`
       instead of being created.
+    * ``group`` -- join the receiver group of this name (created, at ``start``, by
+      its first member; it outlives its members until ``pipebit.remove_group()``).
+      Each packet goes to one member of each group, and stays the member's until it
+      acknowledges it by calling ``receive()`` again, ``ack()`` or
+      ``close_connection()``; a member that dies first has it handed to another
+      member.  A member reads no ahead: ``max_cached`` bounds one batch.
+      See ``docs/groups.md``.
+    * ``batch`` -- group members only: the most packets one ``receive()`` claims.
+      By default a member claims its share of what is waiting (divided among the
+      members), at most what it processes in about 5 ms at its own pace.
 
     Who reads the pipe: on shared memory a ``receive()`` call reads the ring
     itself (and sleeps on it itself), so a waiting application gets a packet
@@ -331,8 +343,15 @@ class SafeReceiver(ReceiveCache):
         max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
         spin: Spin = "auto",
         create: bool = True,
+        group: str | None = None,
+        batch: int | None = None,
     ) -> None:
         super().__init__(name, debug, create)
+        self._group = None if group is None else check_group(group, self._shown)
+        self._batch = None if batch is None else check_count(batch, "batch", minimum=1)
+        if batch is not None and group is None:
+            raise InvalidArgumentError(f"pipe {self._shown!r}: batch= applies to a member of a receiver group (group=)")
+        self._member = None
         self._start = check_start(start, SAFE_STARTS)
         self._capacity = check_capacity(capacity)
         self._spin = check_spin(spin)  # None: "auto"
@@ -352,6 +371,9 @@ class SafeReceiver(ReceiveCache):
         when connected.
         """
         if self._backend is not None:
+            return
+        if self._group is not None:
+            self._open_member()
             return
         reader = _transport.open_safe_reader(
             self._address,
@@ -382,6 +404,9 @@ class SafeReceiver(ReceiveCache):
         them); a ``receive()`` waiting in another thread raises :class:`PipeClosedError`.
         Idempotent.
         """
+        if self._group is not None:
+            self._close_member()
+            return
         reader, worker = self._reader, self._worker
         if reader is None or worker is None:
             return
@@ -418,6 +443,7 @@ class SafeReceiver(ReceiveCache):
             self._ready.forget()
             self._ready = None
         self._front.clear()  # the parent's
+        self._forget_member_after_fork()
         self._clear_cache()
         self._new_locks()
         super()._forget_after_fork()
@@ -427,8 +453,9 @@ class SafeReceiver(ReceiveCache):
             return self._returned, len(self._cache)
 
     def _size_text(self) -> str:
-        reader = self._reader
-        return f"capacity={getattr(reader, 'capacity', 0)}"
+        reader = self._reader or self._member
+        group = f" group={self._group!r}" if self._group is not None else ""
+        return f"capacity={getattr(reader, 'capacity', 0)}{group}"
 
     # ------------------------------------------------------------- receiving
     def receive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
@@ -445,6 +472,10 @@ class SafeReceiver(ReceiveCache):
         packets lost over Redis while this receiver could not check in, raise
         :class:`CorruptPacketError` or :class:`TransportError` once, after the
         packets before them have been returned; the next call goes on after them.
+
+        A member of a receiver group first acknowledges what the last call returned,
+        then returns the next batch it claims: packets handed back by a member that
+        died first, else the next ones in send order.
 
         numpy arrays come back as arrays the application owns.  With ``copy=False``,
         an array of at least 4 KiB comes back as a **read-only view of the pipe's own
@@ -470,6 +501,8 @@ class SafeReceiver(ReceiveCache):
             if timeout is not None and timeout.__class__ in PLAIN_SECONDS and timeout >= 0
             else check_timeout(timeout)
         )
+        if self._group is not None:
+            return self._receive_as_member(limit)
         with self._mutex:
             if self._front:  # left by `async for`: they come first
                 return self._take_front()

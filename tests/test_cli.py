@@ -125,7 +125,9 @@ def ls_rows() -> dict[str, dict[str, str]]:
     assert result.returncode == 0, result.stderr
     header, *lines = result.stdout.splitlines()
     columns = header.split()
-    assert columns == ["NAME", "MODEL", "CAPACITY", "FILL", "WRITTEN", "SEND", "RECV", "LAG", "LAST-WRITE", "STATE"]
+    assert columns == [
+        *("NAME", "MODEL", "CAPACITY", "FILL", "WRITTEN", "SEND", "RECV", "LAG", "GROUPS", "LAST-WRITE", "STATE")
+    ]
     return {line.split()[0]: dict(zip(columns, line.split())) for line in lines}
 
 
@@ -160,6 +162,7 @@ def test_ls_counts_and_marks_stale_pipes(make_name: Callable[[], str], reaper: R
         "SEND": "0",
         "RECV": "0",
         "LAG": "-",
+        "GROUPS": "-",
         "LAST-WRITE": "-",
         "STATE": "stale",
     }

@@ -51,7 +51,7 @@ def free_pipes() -> Iterator[None]:
     """The examples' pipe names are free before, and removed after, each test."""
     names = (
         *("data_pipe", "fan_out_demo", "camera_demo", "resume_demo", "end_of_stream_demo", "threads_demo", "mp_demo"),
-        *("asyncio_readings", "asyncio_averages"),
+        *("asyncio_readings", "asyncio_averages", "jobs_demo", "results_demo"),
         *("rr_requests", "rr_replies-a", "rr_replies-b"),
         *("many_temperature", "many_pressure", "many_humidity", "many_status"),
     )
@@ -144,6 +144,19 @@ def test_asyncio_service_example(free_pipes: None) -> None:
     assert lines[-1] == "service: 1000 readings, in order, average 3.00"
     # The display task saw published averages (a Fast pipe may skip some under load).
     assert any(re.fullmatch(r"after \d+00 readings: average \d\.\d\d", line) for line in lines[:-1])
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["no-fault", "a-worker-killed"])
+def test_workers_example(free_pipes: None, kill: bool) -> None:
+    result = run("workers.py", *(["--kill"] if kill else []))
+    assert result.returncode == 0, result.stderr
+    assert "all 2000 jobs done" in result.stdout
+    shares = [int(n) for n in re.findall(r"\d+", result.stdout.splitlines()[0].split(":")[1])]
+    assert len(shares) >= 3, result.stdout  # every worker got some of the jobs
+    redelivered, twice = map(int, re.findall(r"\d+", result.stdout.splitlines()[1]))
+    assert twice <= redelivered
+    if not kill:
+        assert (redelivered, twice) == (0, 0)
 
 
 def test_camera_example(free_pipes: None) -> None:

@@ -48,8 +48,8 @@ def test_lint_and_types_are_clean(command: list[str]) -> None:
 
 # ------------------------------------------------------------ the package's shape
 PACKAGE = ROOT / "pipebit"
-FACES = {"safe", "fast", "_send_queue", "_receive_cache", "_async", "_endpoint", "cli", "__init__"}
-BACKENDS = {"_shm_safe", "_shm_fast", "_redis_safe", "_redis_fast", "_redis_member"}
+FACES = {"safe", "fast", "_send_queue", "_receive_cache", "_group_receive", "_async", "_endpoint", "cli", "__init__"}
+BACKENDS = {"_shm_safe", "_shm_fast", "_redis_safe", "_redis_fast", "_redis_member", "_redis_group"}
 
 
 def _imports_of(module: Path) -> set[str]:

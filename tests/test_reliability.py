@@ -790,7 +790,8 @@ if model == "safe":
 else:
     sender = pipebit.FastSender(name, 0, slot_size=16 << 10)
     receiver = pipebit.FastReceiver(name, 0)
-with open("/dev/shm/filler", "wb") as filler:  # now fill /dev/shm to the last page
+# Unbuffered: a last, partial write must not leave bytes in a buffer for close() to fail on.
+with open("/dev/shm/filler", "wb", buffering=0) as filler:  # now fill /dev/shm to the last page
     try:
         while True:
             filler.write(bytes(16384))
