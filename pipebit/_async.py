@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._endpoint import Endpoint
 from ._limits import DEFAULT_RECEIVE_TIMEOUT, Packet, Sendable, check_timeout
 from ._worker import Worker
-from .errors import CorruptPacketError, PipeClosedError, PipeTimeoutError
+from .errors import CorruptPacketError, InvalidArgumentError, PipeClosedError, PipeTimeoutError
 
 if TYPE_CHECKING:
     import asyncio
@@ -218,6 +218,7 @@ class AsyncReceiving(AsyncEndpoint):
 
     def _init_async(self) -> None:
         self._front = collections.deque()
+        self._claiming: Any = None  # the thread call of _areceive_in_a_thread(), if one ran
         self._served = 0
 
     def _open_readiness(self) -> Readiness:  # pragma: no cover - overridden
@@ -241,6 +242,42 @@ class AsyncReceiving(AsyncEndpoint):
         """``packets`` as the application gets them (see ``SafeReceiver.receive(copy=)``)."""
         return packets
 
+    def _claims_in_calls(self) -> bool:
+        """Whether this receiver takes packets only inside ``receive()`` calls (a member of a
+        receiver group, which must not claim work it has not handed over): then there is
+        no reading thread to raise a readiness, and coroutines wait in a thread of their own."""
+        return False
+
+    def _receive(self, timeout: float | None) -> list[Packet]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def _areceive_in_a_thread(self, limit: float | None) -> list[Packet]:
+        """areceive() of a receiver that claims packets only in calls: ``receive()`` in the
+        loop's default executor.  Cancelled meanwhile, the call goes on in its thread, and
+        what it returns is kept for the next call (``_front``): a member's claim is
+        acknowledged only by the call after the one that hands it over, so nothing is lost
+        or acknowledged unprocessed."""
+        import asyncio  # noqa: PLC0415 - see _running_loop()
+
+        earlier = self._claiming
+        if earlier is not None and not earlier.done():
+            # A cancelled call's thread still claims: its batch comes before anything newer.
+            await asyncio.shield(earlier)
+        if self._front:
+            return self._take_front()
+        front = self._front
+
+        def keep(done: asyncio.Future[list[Packet]]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                front.extend(done.result())
+
+        future = self._claiming = _running_loop().run_in_executor(None, self._receive, limit)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(keep)  # runs before any later call resumes (registered first)
+            raise
+
     async def areceive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
         """``receive()`` for a coroutine: the same result, the same ``timeout`` and ``copy``
         rules (``None`` waits for a packet, ``0`` only looks), without blocking the event loop.
@@ -250,6 +287,8 @@ class AsyncReceiving(AsyncEndpoint):
         the receiver meanwhile (from any thread) raises :class:`PipeClosedError`.
         """
         limit = check_timeout(timeout)
+        if self._claims_in_calls():
+            return self._handed(await self._areceive_in_a_thread(limit), copy)
         readiness = self._open_readiness()
         try:
             packets = self._take_ready()
@@ -300,6 +339,11 @@ class AsyncReceiving(AsyncEndpoint):
         receiver: it is closed by ``close_connection()``, so unregister it first (after
         reconnecting, ask again: it is a new one).
         """
+        if self._claims_in_calls():
+            raise InvalidArgumentError(
+                f"receiver of pipe {self._shown!r} is a member of a receiver group: it claims work only in "
+                "receive() calls, so no descriptor can say that work waits; use areceive() or receive()"
+            )
         readiness = self._open_readiness()
         readiness.release()
         return readiness.fileno()

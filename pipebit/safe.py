@@ -487,6 +487,9 @@ class SafeReceiver(ReceiveCache, GroupReceive):
         """
         return self._handed(self._receive(timeout), copy)
 
+    def _claims_in_calls(self) -> bool:
+        return self._group is not None
+
     def _handed(self, packets: list[Packet], copy: bool) -> list[Packet]:
         reader = self._reader
         if packets and (reader is None or reader.framed):  # some packets may view the pipe
@@ -501,8 +504,8 @@ class SafeReceiver(ReceiveCache, GroupReceive):
             if timeout is not None and timeout.__class__ in PLAIN_SECONDS and timeout >= 0
             else check_timeout(timeout)
         )
-        if self._group is not None:
-            return self._receive_as_member(limit)
+        if self._group is not None:  # what a cancelled areceive() claimed comes first
+            return self._take_front() if self._front else self._receive_as_member(limit)
         with self._mutex:
             if self._front:  # left by `async for`: they come first
                 return self._take_front()

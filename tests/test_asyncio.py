@@ -537,3 +537,43 @@ def test_uvloop_if_installed(make_name: Callable[[], str], reaper: Reaper) -> No
     before = eventfds()
     uvloop.run(main())
     assert eventfds() == before  # uvloop keeps a pipe of its own; the child's pipes are the reaper's
+
+
+# ------------------------------------------------------------------ receiver group members
+@both_transports
+def test_a_group_member_awaits_work_and_loses_none_to_cancellation(name: str, reaper: Reaper) -> None:
+    """A member claims work only in its calls, so areceive() waits for it in a thread of
+    its own; a cancelled call's batch is kept for the next call, neither lost nor taken
+    twice, and async for works the same way.  fileno() says why a member has none."""
+    count = 1_000
+    member = pipebit.SafeReceiver(name, 0, group="async-workers", start="oldest")
+
+    async def main() -> tuple[list[int], int]:
+        got: list[int] = []
+        cancelled = 0
+        rng = random.Random(17)
+        child = sender_child(reaper, name, count, pause=0.004)
+        deadline = time.monotonic() + 90
+        while len(got) < count // 2 and time.monotonic() < deadline:
+            try:
+                batch = await asyncio.wait_for(member.areceive(None), rng.uniform(0.0001, 0.003))
+            except asyncio.TimeoutError:
+                cancelled += 1
+                continue
+            got += [p[0] for p in batch]
+        async for packet in member:  # the rest, one by one
+            got.append(packet[0])
+            if len(got) >= count:
+                break
+        child.expect("sent", 60)
+        return got, cancelled
+
+    try:
+        with pytest.raises(pipebit.InvalidArgumentError, match="receiver group"):
+            member.fileno()
+        got, cancelled = asyncio.run(main())
+        assert member.receive(timeout=0.2) == []  # acknowledges the last batch; nothing more
+    finally:
+        member.close_connection()
+    assert got == list(range(count))
+    assert cancelled > 10, f"only {cancelled} calls were cancelled: the test did not test cancellation"
