@@ -218,6 +218,11 @@ class ReceiveCache(AsyncReceiving):
                             self._ready.set()
                         if self._waiters:
                             self._cond.notify_all()
+                    # The cache holds them now.  Held here too, the views of a framed record
+                    # would outlive receive()'s copies of them, and keep senders waiting for
+                    # as long as the application stays in receive() calls (this thread does
+                    # not read then, so nothing would replace them).
+                    del packets
                 elif not self._callers:
                     self._wait_for_data(reader)
 

@@ -367,3 +367,27 @@ def test_a_packet_bigger_than_the_queue_waits_for_the_pipe_in_send_and_honours_i
         finally:
             sender.close_connection()
         assert receiver.receive(timeout=0.5) == []  # neither packet 2 nor 3 went in
+
+
+def test_frames_read_ahead_then_received_in_a_busy_loop_do_not_hold_the_sender(name: str, reaper: Any) -> None:
+    """The receiver's thread reads frames ahead while the application is away; the
+    application then stays in receive() calls.  receive() copies what was read ahead, and
+    nothing may keep the views it copied from holding the pipe.  (A reference the thread
+    kept to its last batch did, for as long as the application stayed in receive(): a
+    1 -> 4 frame benchmark hung once that way.  The window is a thread switch wide, so this
+    test exercises the path but does not reliably catch that reference.)"""
+    capacity, size, count = 4 << 20, 256 << 10, 200
+    for away in (0.01, 0.03, 0.1):
+        with pipebit.SafeReceiver(name, 0, capacity=capacity) as receiver:
+            child = Child(reaper, STREAMER, name, str(count), str(size), str(capacity))
+            child.expect("ready", 30)
+            time.sleep(away)  # away: the thread reads ahead what the ring holds
+            got: list[int] = []
+            deadline = time.monotonic() + 30
+            while len(got) < count:
+                assert time.monotonic() < deadline, f"{len(got)} of {count} frames arrived: the sender is held"
+                got += [seq for seq, _ in receiver.receive(timeout=2)]
+            assert got == list(range(count))
+            child.expect("done", 60)
+        assert child.wait(30) == 0, child.describe()
+        pipebit.remove(name)
