@@ -254,28 +254,37 @@ class AsyncReceiving(AsyncEndpoint):
     async def _areceive_in_a_thread(self, limit: float | None) -> list[Packet]:
         """areceive() of a receiver that claims packets only in calls: ``receive()`` in the
         loop's default executor.  Cancelled meanwhile, the call goes on in its thread, and
-        what it returns is kept for the next call (``_front``): a member's claim is
+        what it returns goes to ``_front``, for the next call: a member's claim is
         acknowledged only by the call after the one that hands it over, so nothing is lost
-        or acknowledged unprocessed."""
+        or acknowledged unprocessed.  A later call first waits for such a thread, so that
+        its batch comes before anything newer."""
         import asyncio  # noqa: PLC0415 - see _running_loop()
 
         earlier = self._claiming
         if earlier is not None and not earlier.done():
-            # A cancelled call's thread still claims: its batch comes before anything newer.
-            await asyncio.shield(earlier)
+            await asyncio.shield(earlier)  # its thread puts its batch in _front before it ends
         if self._front:
             return self._take_front()
-        front = self._front
+        front, handoff = self._front, threading.Lock()
+        outcome: list[Any] = []  # [packets] once the thread is done, or [None] once abandoned
 
-        def keep(done: asyncio.Future[list[Packet]]) -> None:
-            if not done.cancelled() and done.exception() is None:
-                front.extend(done.result())
+        def claim() -> list[Packet]:
+            packets = self._receive(limit)
+            with handoff:
+                if outcome:  # the coroutine was cancelled: the batch waits for the next call
+                    front.extend(packets)
+                    return []
+                outcome.append(packets)
+            return packets
 
-        future = self._claiming = _running_loop().run_in_executor(None, self._receive, limit)
+        future = self._claiming = _running_loop().run_in_executor(None, claim)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(keep)  # runs before any later call resumes (registered first)
+            with handoff:
+                if outcome and outcome[0] is not None:  # done, but this coroutine will not return it
+                    front.extend(outcome[0])
+                outcome[:] = [None]
             raise
 
     async def areceive(self, timeout: float | None = DEFAULT_RECEIVE_TIMEOUT, *, copy: bool = True) -> list[Packet]:
