@@ -58,17 +58,25 @@ def semaphore_name(name: str, which: str) -> str:
     return f"/{SEGMENT_PREFIX}{_token(name)}.{which}"
 
 
-def user_dir() -> Path:
-    """The per-user lock directory, created ``0700`` on first use and checked to be ours."""
+def user_dir(*, create: bool = True) -> Path:
+    """The per-user lock directory, created ``0700`` on first use and checked to be ours.
+    With ``create=False`` (for looking only) a missing directory is not made: its path
+    comes back, and reading it raises ``FileNotFoundError``."""
     base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
     path = base / f"pipebit-{os.getuid()}"
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise PipeBitError(f"cannot create PipeBit's lock directory {path}: {exc}") from exc
     try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise PipeBitError(f"cannot create PipeBit's lock directory {path}: {exc}") from exc
-    info = os.lstat(path)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        if create:
+            raise
+        return path
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PipePermissionError(
             f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "
@@ -314,8 +322,8 @@ def names_in_user_dir() -> list[str]:
     """Real names of the pipes whose writers' lock file is in the per-user directory."""
     names: list[str] = []
     try:
-        entries = os.listdir(user_dir())
-    except FileNotFoundError:  # the last pipe was removed, and the directory with it, just now
+        entries = os.listdir(user_dir(create=False))  # looking makes no directory
+    except FileNotFoundError:  # no pipe yet, or the last one was removed, and the directory with it
         return names
     for entry in entries:
         if entry.endswith(".lock") and not entry.startswith("."):

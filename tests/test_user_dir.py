@@ -40,6 +40,9 @@ live.close_connection()
 out["clean"] = cli("clean")
 out["shm_after_clean"] = shm()
 out["ls_after_clean"] = cli("ls")
+out["clean_with_nothing"] = cli("clean")
+out["listed"] = [p.name for p in pipebit.list_pipes()]
+out["shm_after_looking"] = shm()  # looking (ls, clean, list_pipes) makes no directory
 with pipebit.SafeSender("again", 0) as s:  # the directory is made again, private as before
     s.send([3])
 out["mode_again"] = oct(os.stat(_shm.user_dir()).st_mode & 0o777)
@@ -95,6 +98,9 @@ def test_clean_and_rm_leave_no_directory_behind() -> None:
     assert out["clean"] == "removed live\n"
     assert out["shm_after_clean"] == []  # not even an empty pipebit-<uid> directory
     assert out["ls_after_clean"].splitlines()[0].split()[0] == "NAME"
+    assert out["clean_with_nothing"] == ""  # "no stale pipes" goes to stderr
+    assert out["listed"] == []
+    assert out["shm_after_looking"] == []
     assert out["mode_again"] == "0o700"
     assert out["received_again"] == [[3]]
     assert out["rm"] == "removed again\n"
