@@ -20,7 +20,7 @@ from ._attachment import Attachment
 from ._frames import Rest
 from ._group import GroupMember, join
 from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, max_packet_bytes
-from ._pipe import Pipe, attach
+from ._pipe import Pipe, Slot, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
 from .errors import PipeClosedError
 
@@ -37,6 +37,23 @@ Log = Callable[[str], None]
 def _options(create: bool, log: Log | None) -> dict[str, Any]:
     """What a Safe back-end passes to :func:`attach` besides its own wishes."""
     return {"create": create, "on_event": log, "default_capacity": DEFAULT_CAPACITY}
+
+
+def _attach_reading(
+    name: str, role: int, place: Callable[[Pipe, int], None], *, capacity: int | None, create: bool, log: Log | None
+) -> tuple[Pipe, Slot]:
+    """Claim a reading slot (a receiver's or a group member's) of a Safe pipe; ``place``
+    sets where it starts, before the slot shows."""
+    return attach(
+        name,
+        L.MODEL_SAFE,
+        role,
+        init=place,
+        capacity=capacity,
+        packet_len=None,
+        override=False,
+        **_options(create, log),
+    )
 
 
 class ShmSafeWriter(RingWriter, Attachment):
@@ -123,16 +140,7 @@ class ShmSafeReader(RingReader, Attachment):
             h[base + L.S_CURSOR] = cursor
             h[base + L.S_NEXT_SEQ] = seq
 
-        pipe, slot = attach(
-            name,
-            L.MODEL_SAFE,
-            L.ROLE_RECEIVER,
-            init=place,
-            capacity=capacity,
-            packet_len=None,
-            override=False,
-            **_options(create, log),
-        )
+        pipe, slot = _attach_reading(name, L.ROLE_RECEIVER, place, capacity=capacity, create=create, log=log)
         self.pipe, self.slot = pipe, slot
         try:
             super().__init__(pipe, slot)
@@ -238,16 +246,7 @@ class ShmGroupReader(GroupMember, Attachment):
             assert pipe.groups is not None
             pipe.header[base + L.S_CURSOR] = pipe.groups[entry + L.G_SLOT] - 1
 
-        pipe, slot = attach(
-            name,
-            L.MODEL_SAFE,
-            L.ROLE_MEMBER,
-            init=place,
-            capacity=capacity,
-            packet_len=None,
-            override=False,
-            **_options(create, log),
-        )
+        pipe, slot = _attach_reading(name, L.ROLE_MEMBER, place, capacity=capacity, create=create, log=log)
         self.pipe, self.slot = pipe, slot
         try:
             super().__init__(pipe, slot, entry=joined[0], group=group, batch=batch, max_packets=max_packets)
