@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence, Union
 import msgpack
 
 from ._arrays import EXT_NDARRAY, numpy_module, pack_numpy, unpack_array
-from ._frames import Buffer, OutOfBand, decode_framed, frame, goes_out_of_band
+from ._frames import FRAME_FIRST_BYTE, Buffer, OutOfBand, decode_framed, frame, goes_out_of_band
 from ._limits import Packet, Sendable, too_big, wrong_length
 from .errors import CorruptPacketError, NumpyMissingError, PacketSizeError, PacketTypeError
 
@@ -378,7 +378,7 @@ def decode_batch(
     for a packet at :data:`MAX_DEPTH`, so such a record takes the one-by-one path,
     where each packet gets the whole stack.
     """
-    if payload and payload[0] == 0xC9:  # a framed record (a plain one starts with an array header)
+    if payload and payload[0] == FRAME_FIRST_BYTE:  # a framed record
         try:
             return decode_framed(payload, count, hold or _hold_copy, _unpack_options, _unpack_ext), None  # type: ignore[return-value]
         except Exception as exc:

@@ -29,6 +29,7 @@ from ._arrays import check_dtype, check_items, header, loaded_numpy, read_header
 
 EXT_ARRAY_OUT_OF_BAND = 3
 EXT_FRAME = 5
+FRAME_FIRST_BYTE = 0xC9  # MessagePack's ext 32; a plain record's payload starts with an array header
 FRAME_ALIGN = 64
 # An array this big or bigger leaves the MessagePack payload: below it, a record of its
 # own and the padding cost more than the copies saved (and small arrays are copied anyway).
@@ -65,7 +66,7 @@ def frame(packet: object, default: Callable[[object], object]) -> tuple[list[Buf
     arrays: list[Any] = []
 
     def hook(obj: Any) -> object:
-        if np is not None and type(obj) is np.ndarray and obj.nbytes >= OUT_OF_BAND_BYTES:
+        if goes_out_of_band(obj):
             check_dtype(obj.dtype)
             # Copies only a non-contiguous array (the snapshot has to be one run of bytes).
             arrays.append(np.ascontiguousarray(obj).reshape(-1).view(np.uint8))
@@ -73,7 +74,7 @@ def frame(packet: object, default: Callable[[object], object]) -> tuple[list[Buf
         return default(obj)
 
     inner = b"\x91" + msgpack.Packer(default=hook, use_bin_type=True).pack(packet)
-    head = b"\xc9" + len(inner).to_bytes(4, "big") + bytes((EXT_FRAME,))
+    head = bytes((FRAME_FIRST_BYTE,)) + len(inner).to_bytes(4, "big") + bytes((EXT_FRAME,))
     size = _FRAME_HEAD + len(inner)
     parts: list[Buffer] = [head, inner, _ZEROS[: _pad(size)]]
     size += _pad(size)
@@ -81,11 +82,6 @@ def frame(packet: object, default: Callable[[object], object]) -> tuple[list[Buf
         parts += (memoryview(items), _ZEROS[: _pad(items.nbytes)])
         size += items.nbytes + _pad(items.nbytes)
     return parts, size
-
-
-def is_framed(payload: Buffer) -> bool:
-    """Whether a record's payload is a framed record (a plain one starts with an array header)."""
-    return len(payload) > 0 and payload[0] == 0xC9
 
 
 class Held(list):  # type: ignore[type-arg]
