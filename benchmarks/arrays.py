@@ -259,78 +259,133 @@ def run(peer: str, count: int, fan_out: int) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------ big bytes
-def bytes_send(name: str, count: int, go: Any, via_zmq: bool) -> None:
+BYTES_PEERS = ["PipeBit", "pyzmq PUSH/PULL", "shared_memory by hand (4 slots)"]
+SLOT = 64 + MIB  # the hand-written ring's slot: a sequence number, then the payload
+
+
+def bytes_send(name: str, count: int, peer: str, gates: Any, signals: tuple[Any, Any]) -> None:
+    """Send ``count`` packets of 1 MiB through ``peer``; put the CPU it took per packet on
+    ``signals[1]`` once ``signals[0]`` (the start) was set and the last packet went."""
+    go, cpu_out = signals
     payloads = [bytes([k]) * MIB for k in range(64)]  # distinct objects, built before the clock
-    if via_zmq:
+    if peer.startswith("pyzmq"):
         import zmq
 
         context = zmq.Context()
         socket = context.socket(zmq.PUSH)
         socket.bind(f"ipc:///tmp/{name}")
         go.wait(60)
+        cpu = time.process_time()
         for seq in range(count):
             socket.send_multipart([seq.to_bytes(8, "little"), payloads[seq % 64]], copy=False)
         socket.close(linger=-1)
         context.term()
-        return
-    with pipebit.SafeSender(name, 0) as sender:
+    elif peer.startswith("shared_memory"):
+        empty, full = gates
+        memory = shared_memory.SharedMemory(name)
+        ring = memory.buf
+        assert ring is not None
         go.wait(60)
+        cpu = time.process_time()
         for seq in range(count):
-            sender.send([seq, payloads[seq % 64]])
-        sender.flush(timeout=120)
+            empty.acquire()
+            at = seq % 4 * SLOT
+            ring[at : at + 8] = seq.to_bytes(8, "little")
+            ring[at + 64 : at + SLOT] = payloads[seq % 64]  # the one copy in
+            full.release()
+        del ring
+        memory.close()
+    else:
+        with pipebit.SafeSender(name, 0) as sender:
+            go.wait(60)
+            cpu = time.process_time()
+            for seq in range(count):
+                sender.send([seq, payloads[seq % 64]])
+            sender.flush(timeout=120)
+    cpu_out.put((time.process_time() - cpu) / count)
 
 
-def bytes_receive(name: str, count: int, via_zmq: bool, ready: Any, results: Any) -> None:
-    if via_zmq:
+def bytes_receive(name: str, count: int, peer: str, gates: Any, channels: tuple[Any, Any]) -> None:
+    ready, results = channels
+    memory = None
+    receive: Callable[[], list[Any]]
+    if peer.startswith("pyzmq"):
         import zmq
 
         context = zmq.Context()
         socket = context.socket(zmq.PULL)
         socket.connect(f"ipc:///tmp/{name}")
         receive = lambda: [socket.recv_multipart()]  # noqa: E731
+    elif peer.startswith("shared_memory"):
+        empty, full = gates
+        memory = shared_memory.SharedMemory(name)
+        ring = memory.buf
+        assert ring is not None
+        taken = iter(range(count))
+
+        def receive() -> list[Any]:
+            full.acquire()
+            at = next(taken) % 4 * SLOT
+            packet = [ring[at : at + 8].tobytes(), bytes(ring[at + 64 : at + SLOT])]  # the one copy out
+            empty.release()
+            return [packet]
     else:
         receiver = pipebit.SafeReceiver(name, 0, start="new")
         receive = lambda: receiver.receive(timeout=30)  # noqa: E731
     ready.put(1)
-    seen, first = 0, 0.0
+    seen, first, cpu = 0, 0.0, 0.0
     while seen < count:
         for packet in receive():
-            seq = int.from_bytes(packet[0], "little") if via_zmq else packet[0]
+            seq = packet[0] if peer == "PipeBit" else int.from_bytes(packet[0], "little")
             if seq != seen or len(packet[1]) != MIB or packet[1][-1] != seq % 64:
-                raise SystemExit(f"packet {seq} arrived wrong")
+                raise SystemExit(f"packet {seq!r} arrived wrong")
             if seen == 0:
-                first = time.perf_counter()
+                first, cpu = time.perf_counter(), time.process_time()
             seen += 1
-    results.put((count - 1) * MIB / (time.perf_counter() - first) / 1e9)
-    if not via_zmq:
+    elapsed, cpu = time.perf_counter() - first, time.process_time() - cpu
+    results.put(((count - 1) * MIB / elapsed / 1e9, cpu / (count - 1)))
+    if memory is not None:
+        del receive, ring
+        memory.close()
+    elif peer == "PipeBit":
         receiver.close_connection()
 
 
-def run_bytes(via_zmq: bool, count: int) -> float:
+def run_bytes(peer: str, count: int) -> tuple[float, float, float]:
+    """(GB/s, receiver CPU seconds per packet, sender's) of one run of ``peer``."""
     ctx = multiprocessing.get_context("spawn")
-    go, ready, results = ctx.Event(), ctx.Queue(), ctx.Queue()
+    go, ready, results, sender_cpu = ctx.Event(), ctx.Queue(), ctx.Queue(), ctx.Queue()
     name = f"bench-bytes-{os.getpid()}-{time.monotonic_ns()}"
-    sender = ctx.Process(target=bytes_send, args=(name, count, go, via_zmq))
-    receiver = ctx.Process(target=bytes_receive, args=(name, count, via_zmq, ready, results))
+    gates, memory = None, None
+    if peer.startswith("shared_memory"):
+        memory = shared_memory.SharedMemory(name, create=True, size=4 * SLOT)
+        gates = (ctx.Semaphore(4), ctx.Semaphore(0))
+    sender = ctx.Process(target=bytes_send, args=(name, count, peer, gates, (go, sender_cpu)))
+    receiver = ctx.Process(target=bytes_receive, args=(name, count, peer, gates, (ready, results)))
+    zmq = peer.startswith("pyzmq")
     try:
-        if via_zmq:
+        if zmq:
             sender.start()
             time.sleep(0.3)
         receiver.start()
         ready.get(timeout=60)
-        if not via_zmq:
+        if not zmq:
             sender.start()
         go.set()
-        rate: float = results.get(timeout=300)
+        rate, receiver_cpu = results.get(timeout=300)
+        measured = (rate, receiver_cpu, sender_cpu.get(timeout=120))
         sender.join(60)
         receiver.join(60)
     finally:
         for process in (sender, receiver):
             if process.is_alive():
                 process.kill()
-        if not via_zmq:
+        if memory is not None:
+            memory.close()
+            memory.unlink()
+        elif peer == "PipeBit":
             pipebit.remove(name, force=True)
-    return rate
+    return measured
 
 
 def memcpy_gbps(nbytes: int) -> float:
@@ -364,37 +419,56 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100 frames, 1 run")
     parser.add_argument("--frames", type=int)
     parser.add_argument("--runs", type=int)
+    parser.add_argument("--only", choices=["frames", "bytes"], help="one of the two tables")
     args = parser.parse_args(argv)
     count = args.frames or (100 if args.quick else 300)
     runs = args.runs or (1 if args.quick else 3)
-    frame_copy = memcpy_gbps(FRAME_BYTES)
-    print(f"# arrays: {count} frames of {SHAPE} uint8 per run, median of {runs} run(s)")
-    print(f"# Python {sys.version.split()[0]}, numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"# memcpy of one frame: {frame_copy:.1f} GB/s ({FRAME_BYTES / frame_copy / 1e6:.2f} ms per frame)\n")
-    print("| scenario | peer | frames/s | GB/s | receiver CPU per frame | vs PipeBit receive() |")
-    print("|---|---|---:|---:|---:|---:|")
-    for scenario, peers, fan_out in (("1 -> 1", PEERS_1_TO_1, 1), ("1 -> 4", PEERS_1_TO_4, 4)):
-        medians: dict[str, tuple[float, float]] = {}
-        for peer in peers:
-            measured = [run(peer, count, fan_out) for _ in range(runs)]
-            medians[peer] = (statistics.median(r for r, _ in measured), statistics.median(c for _, c in measured))
-        base = medians["PipeBit receive()"][0]
-        for peer, (rate, cpu) in medians.items():
-            print(
-                f"| {scenario} | {peer} | {rate:.0f} | {rate * FRAME_BYTES / 1e9:.2f} | "
-                f"{cpu * 1e3:.2f} ms | {rate / base:.2f}x |"
-            )
-    mib_count = 300 if args.quick else 1000
-    pipe = statistics.median(run_bytes(False, mib_count) for _ in range(runs))
-    zmq = statistics.median(run_bytes(True, mib_count) for _ in range(runs))
-    mib_copy = memcpy_gbps(MIB)
-    print(f"\n# 1 MiB bytes packets, {mib_count} per run, a Safe pipe at its defaults")
-    print("| peer | GB/s | vs one copy in + one out |")
-    print("|---|---:|---:|")
-    for peer, rate in (("PipeBit", pipe), ("pyzmq PUSH/PULL", zmq)):
-        print(f"| {peer} | {rate:.2f} | {rate / (mib_copy / 2):.2f}x |")
-    print(f"| memcpy of 1 MiB (one copy) | {mib_copy:.2f} | |")
+    if args.only != "bytes":
+        frame_copy = memcpy_gbps(FRAME_BYTES)
+        print(f"# arrays: {count} frames of {SHAPE} uint8 per run, median of {runs} run(s)")
+        print(f"# Python {sys.version.split()[0]}, numpy {np.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
+        print(f"# memcpy of one frame: {frame_copy:.1f} GB/s ({FRAME_BYTES / frame_copy / 1e6:.2f} ms per frame)\n")
+        print("| scenario | peer | frames/s | GB/s | receiver CPU per frame | vs PipeBit receive() |")
+        print("|---|---|---:|---:|---:|---:|")
+        for scenario, peers, fan_out in (("1 -> 1", PEERS_1_TO_1, 1), ("1 -> 4", PEERS_1_TO_4, 4)):
+            medians: dict[str, tuple[float, float]] = {}
+            for peer in peers:
+                measured = [run(peer, count, fan_out) for _ in range(runs)]
+                medians[peer] = (statistics.median(r for r, _ in measured), statistics.median(c for _, c in measured))
+            base = medians["PipeBit receive()"][0]
+            for peer, (rate, cpu) in medians.items():
+                print(
+                    f"| {scenario} | {peer} | {rate:.0f} | {rate * FRAME_BYTES / 1e9:.2f} | "
+                    f"{cpu * 1e3:.2f} ms | {rate / base:.2f}x |"
+                )
+    if args.only != "frames":
+        big_packets(300 if args.quick else 1000, runs)
     return 0
+
+
+def big_packets(count: int, runs: int) -> None:
+    """The 1 MiB ``bytes`` table.  Each run measures the peers one after the other, so a slow
+    phase of the machine tends to hit them all; the hand-written ring (one copy in, one copy
+    out, nothing else) is what one copy in and one out allow on this machine, in this run."""
+    measured: dict[str, list[tuple[float, float, float]]] = {peer: [] for peer in BYTES_PEERS}
+    for _ in range(runs):
+        for peer in BYTES_PEERS:
+            measured[peer].append(run_bytes(peer, count))
+    mib_copy = memcpy_gbps(MIB)
+    print(f"\n# 1 MiB bytes packets, {count} per run, a Safe pipe at its defaults, median of {runs} run(s)")
+    print("| peer | GB/s | sender CPU per packet | receiver CPU per packet | vs the hand-written ring |")
+    print("|---|---:|---:|---:|---:|")
+    bound = statistics.median(rate for rate, _, _ in measured[BYTES_PEERS[-1]])
+    for peer, results in measured.items():
+        rate = statistics.median(r for r, _, _ in results)
+        receiver_cpu = statistics.median(c for _, c, _ in results)
+        sender_cpu = statistics.median(c for _, _, c in results)
+        spread = " (" + ", ".join(f"{r:.2f}" for r, _, _ in results) + ")" if runs > 1 else ""
+        print(
+            f"| {peer} | {rate:.2f}{spread} | {sender_cpu * 1e6:.0f} us | {receiver_cpu * 1e6:.0f} us | "
+            f"{rate / bound:.2f}x |"
+        )
+    print(f"| memcpy of 1 MiB (in cache) | {mib_copy:.2f} | | | |")
 
 
 if __name__ == "__main__":

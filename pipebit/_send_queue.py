@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from . import _codec
 from ._async import AsyncSending
-from ._frames import Buffer
+from ._frames import LIFT_BYTES, Buffer, OutOfBand, has_large_buffer
 from ._limits import MAX_RECORD_PACKETS, Sendable, check_timeout, too_big
 from ._transport import SafeWriter
 from ._worker import Worker
@@ -28,6 +28,9 @@ from .errors import PipeClosedError, PipeTimeoutError
 # thread.  Calls in a tight loop come closer together than this and are batched.
 SPARSE_NS = 5_000
 ONE_PACKET = _codec.array_header(1)
+# While packets are large, send() looks in each for large bytes to send out of band
+# (_pack_looking); this many small packets in a row and it stops looking.
+SMALL_TO_STOP_LOOKING = 16
 
 
 class Framed(bytes):
@@ -47,6 +50,9 @@ class SendQueue(AsyncSending):
     connection); the face holds the rest.
     """
 
+    _pack: Callable[[object], bytes]  # what send() packs with: _pack_plain, or _pack_looking
+    _pack_plain: Callable[[object], bytes]
+    _small_in_a_row: int  # small packets _pack_looking() has packed since the last large one
     _queue: collections.deque[bytes]
     _queued_bytes: int  # as of the last _settle(): send()'s fast path counts down _credit instead
     _credit: int  # see _grant()
@@ -74,6 +80,8 @@ class SendQueue(AsyncSending):
     _async_wakers: list[Callable[[], None]]
 
     def _init_queue(self, queue_size: int) -> None:
+        self._pack = self._pack_plain = _codec.new_safe_packer()  # used under the mutex only
+        self._small_in_a_row = 0
         self._queue_size = queue_size
         self._set_mutex(threading.RLock())
         self._queue = collections.deque()
@@ -101,6 +109,9 @@ class SendQueue(AsyncSending):
         n = len(encoded)
         if n > self._max_packet:
             raise too_big(self._shown, n, self._max_packet, what="capacity", setting=self._capacity_now)
+        if n >= LIFT_BYTES:
+            self._pack = self._pack_looking
+            self._small_in_a_row = 0
         queue = self._queue
         if queue:
             if self._no_room_for(n):
@@ -115,10 +126,30 @@ class SendQueue(AsyncSending):
             self._cond.notify()
         self._grant()
 
+    def _pack_looking(self, data: object) -> bytes:
+        """send()'s packer while packets are large: one holding a large ``bytes`` or
+        ``bytearray`` raises :class:`OutOfBand`, so that it goes as a framed record and its
+        bytes are copied once, into the pipe -- packed, they would be copied into the
+        packer's buffer, into the packet's ``bytes`` and into the pipe.  The packer only
+        learns that a packet is large by packing it, and looking costs a walk of the
+        packet: so the first large packet switches looking on (:meth:`_enqueue`), and
+        :data:`SMALL_TO_STOP_LOOKING` small ones in a row switch it off."""
+        if has_large_buffer(data):
+            raise OutOfBand
+        encoded = self._pack_plain(data)
+        if len(encoded) >= LIFT_BYTES:
+            self._small_in_a_row = 0
+        else:
+            self._small_in_a_row += 1
+            if self._small_in_a_row >= SMALL_TO_STOP_LOOKING:
+                self._pack = self._pack_plain
+        return encoded
+
     def _send_framed(self, data: object, timeout: float | None) -> None:
-        """send() for a packet holding a large array, under the mutex: a framed record of its
-        own.  With the queue empty and the delivery thread idle it goes straight into the
-        pipe if there is room -- the array's one copy; otherwise its snapshot is queued."""
+        """send() for a packet holding a large array or ``bytes``, under the mutex: a framed
+        record of its own.  With the queue empty and the delivery thread idle it goes
+        straight into the pipe if there is room -- their one copy; otherwise its snapshot
+        is queued."""
         parts, size = _codec.frame_packet(data)  # type: ignore[arg-type]  # send() checked the type
         self._settle()
         if size > self._max_packet:
@@ -189,8 +220,15 @@ class SendQueue(AsyncSending):
         Every encoded packet is at least one byte, so a credit no larger than the room
         left in packets, in bytes, and than the largest packet keeps every bound however
         the fast path spends it.  Whoever reads or changes ``_queued_bytes`` settles first.
+        A credit under :data:`LIFT_BYTES` sends every large packet through :meth:`_enqueue`,
+        which switches on looking for large ``bytes`` (:meth:`_pack_looking`).
         """
-        room = min(self._queue_bytes - self._queued_bytes, self._queue_size - len(self._queue), self._max_packet)
+        room = min(
+            self._queue_bytes - self._queued_bytes,
+            self._queue_size - len(self._queue),
+            self._max_packet,
+            LIFT_BYTES - 1,
+        )
         if room > 0:
             self._credit = self._granted = room
 

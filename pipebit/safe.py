@@ -119,7 +119,6 @@ class SafeSender(SendQueue):
         self._override = check_flag(override, "override")
         self._capacity = check_capacity(capacity)
         self._flush_timeout = check_timeout(flush_timeout, "flush_timeout")
-        self._pack = _codec.new_safe_packer()  # used under self._mutex only
         self._init_queue(check_count(queue_size, "queue_size", minimum=1))
         self.open_connection()
         self._override = False  # applies to the first connection only

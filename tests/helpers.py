@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import msgpack
 import pytest
 
 import pipebit
+from pipebit import _codec, _shm
 from pipebit import _layout as L
-from pipebit import _shm
 
 from .conftest import Reaper
 
@@ -180,6 +181,20 @@ def ring_records(name: str) -> list[tuple[int, int, int, int]]:
         records.append((position, length, count, first_seq))
         position += L.align(L.RECORD_HEADER + length)
     return records
+
+
+def open_frame(packet: list[Any]) -> tuple[bytes, list[Any], int]:
+    """Frame ``packet`` as a Safe sender does, check the framed record's header against
+    docs/format.md, and return its payload, its packets' array decoded raw (extensions as
+    ``msgpack.ExtType``) and where the zero padding before the out-of-band items starts."""
+    parts, size = _codec.frame_packet(packet)
+    payload = b"".join(parts)
+    assert len(payload) == size
+    assert size % 64 == 0
+    assert payload[0] == 0xC9
+    assert payload[5] == 5
+    inner_end = 6 + int.from_bytes(payload[1:5], "big")
+    return payload, msgpack.unpackb(payload[6:inner_end]), inner_end
 
 
 def poke(name: str, offset: int, data: bytes) -> None:

@@ -16,7 +16,6 @@ import time
 import zlib
 from typing import Any
 
-import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +24,7 @@ import pipebit
 from pipebit import _codec, _frames
 from pipebit import _layout as L
 
-from .helpers import Child, wait_until
+from .helpers import Child, open_frame, wait_until
 from .redis_server import both_transports
 from .test_arrays import assert_same, assert_same_array
 from .test_codec import NOISY_MACHINE
@@ -275,14 +274,7 @@ def test_closing_with_views_alive_keeps_the_slot_until_the_last_view_goes(name: 
 # ------------------------------------------------------------------ the format
 def test_a_framed_record_is_as_documented() -> None:
     packet = [np.arange(2048, dtype=">u4").reshape(32, 64), "meta"]
-    parts, size = _codec.frame_packet(packet)
-    payload = b"".join(parts)
-    assert len(payload) == size
-    assert size % 64 == 0
-    assert payload[0] == 0xC9
-    assert payload[5] == 5
-    inner_end = 6 + int.from_bytes(payload[1:5], "big")
-    [[stub, meta]] = msgpack.unpackb(payload[6:inner_end])
+    payload, [[stub, meta]], inner_end = open_frame(packet)
     assert meta == "meta"
     assert stub.code == 3
     dtype_len = stub.data[0]
