@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=200_000, help="packets per stream (default 200000)")
     parser.add_argument("--trips", type=int, default=5000, help="round trips per round (default 5000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3; medians are shown)")
+    parser.add_argument("--only", choices=["stream", "round-trip"], help="measure one of the two")
     args = parser.parse_args()
     import zmq
 
@@ -234,28 +235,38 @@ def main() -> None:
     )
     print(f"{args.rounds} round(s); stream of {args.packets} packets; {args.trips} round trips\n")
 
+    print("| measure | PipeBit | peer | ratio | target |")
+    print("|---|---:|---:|---:|---|")
+    if args.only != "round-trip":
+        report_stream(args.packets, args.rounds)
+    if args.only != "stream":
+        report_round_trip(args.trips, args.rounds)
+
+
+def report_stream(packets: int, rounds: int) -> None:
     blocking, async_runs = [], []
-    for _ in range(args.rounds):
-        blocking.append(stream_round(args.packets, use_asyncio=False))
-        async_runs.append(stream_round(args.packets, use_asyncio=True))
+    for _ in range(rounds):
+        blocking.append(stream_round(packets, use_asyncio=False))
+        async_runs.append(stream_round(packets, use_asyncio=True))
     bad = sum(r["bad"] for r in blocking + async_runs)
     block_rate = statistics.median(r["rate"] for r in blocking)
     async_rate = statistics.median(r["rate"] for r in async_runs)
     worst = max(r["worst"] for r in async_runs)
-
-    rt: dict[str, list[float]] = {"pipebit": [], "pipebit spin": [], "zmq": []}
-    for _ in range(args.rounds):
-        for peer, runs in rt.items():
-            runs.append(round_trip_round(peer, args.trips))
-    p50 = {peer: statistics.median(percentile(s, 0.5) for s in runs) for peer, runs in rt.items()}
-    p99 = {peer: statistics.median(percentile(s, 0.99) for s in runs) for peer, runs in rt.items()}
-
-    print("| measure | PipeBit | peer | ratio | target |")
-    print("|---|---:|---:|---:|---|")
     print(
         f"| stream, packets/s: `async for` vs blocking `receive()` | {async_rate:,.0f} | {block_rate:,.0f} | "
         f"{async_rate / block_rate:.2f}x | >= 0.7x |"
     )
+    print(f"| loop's worst lateness while streaming (1 ms ticker), ms | {worst * 1000:.1f} | | | |")
+    print(f"| packets out of order or missing | {bad} | | | |")
+
+
+def report_round_trip(trips: int, rounds: int) -> None:
+    rt: dict[str, list[float]] = {"pipebit": [], "pipebit spin": [], "zmq": []}
+    for _ in range(rounds):
+        for peer, runs in rt.items():
+            runs.append(round_trip_round(peer, trips))
+    p50 = {peer: statistics.median(percentile(s, 0.5) for s in runs) for peer, runs in rt.items()}
+    p99 = {peer: statistics.median(percentile(s, 0.99) for s in runs) for peer, runs in rt.items()}
     print(
         f"| round trip p50, µs: asyncio vs pyzmq asyncio PAIR | {p50['pipebit']:.0f} | {p50['zmq']:.0f} | "
         f"{p50['pipebit'] / p50['zmq']:.2f}x | <= 1x |"
@@ -266,8 +277,6 @@ def main() -> None:
         f"| round trip p50 / p99, µs, opt-in `spin=0.002` | {spin50:.0f} / {spin99:.0f} | | "
         f"{spin50 / p50['zmq']:.2f}x | |"
     )
-    print(f"| loop's worst lateness while streaming (1 ms ticker), ms | {worst * 1000:.1f} | | | |")
-    print(f"\npackets out of order or missing: {bad}")
 
 
 if __name__ == "__main__":

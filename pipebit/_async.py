@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._transport import FastReader
+    from ._wake import WakeSocket
 
 _ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes 8-byte counts; a pipe takes any byte
 # A helper thread that waits for a coroutine looks this often whether it was cancelled.
@@ -117,8 +118,12 @@ class Readiness:
         self.is_set = False
         self._users = 0
         self.retired = self._closed = False
-        # The futures waiting on it, per event loop, each loop watching the descriptor once.
-        self.waiting: dict[asyncio.AbstractEventLoop, set[asyncio.Future[None]]] = {}
+        # The futures waiting, per event loop and descriptor, each loop watching each once.
+        self.waiting: dict[tuple[asyncio.AbstractEventLoop, int], set[asyncio.Future[None]]] = {}
+        # A receiver's socket that writers wake a waiting coroutine through (pipebit._wake):
+        # the endpoint binds it when it has one; closed with the descriptor.
+        self.wake: WakeSocket | None = None
+        self._woken = 0  # coroutines watching the wake socket rather than the descriptor
 
     def fileno(self) -> int:
         return self._read_fd
@@ -129,6 +134,8 @@ class Readiness:
                 if not self.is_set and not self._closed:
                     self.is_set = True
                     os.write(self._write_fd, _ONE)
+                    if self._woken and self.wake is not None:  # coroutines watch the wake socket instead
+                        self.wake.poke()
 
     def clear(self) -> None:
         if self.is_set:
@@ -139,6 +146,11 @@ class Readiness:
                         os.read(self._read_fd, 64)
                     except BlockingIOError:  # not written yet: nothing to drain
                         pass
+
+    def drain_wake(self) -> None:
+        with self._lock:
+            if self.wake is not None and not self._closed:
+                self.wake.drain()
 
     def use(self) -> None:
         with self._lock:
@@ -171,24 +183,38 @@ class Readiness:
         os.close(self._read_fd)
         if self._write_fd != self._read_fd:
             os.close(self._write_fd)
+        if self.wake is not None:
+            self.wake.close()
 
-    async def wait(self, deadline: float | None) -> None:
+    async def wait(self, deadline: float | None, *, woken: bool = False) -> None:
         """Return once the descriptor is readable (or at loop time ``deadline``); the caller
-        looks at the endpoint's state after."""
+        looks at the endpoint's state after.  With ``woken``, the loop watches the wake
+        socket instead, which :meth:`set` then wakes too (one descriptor to watch, not two:
+        each costs the loop a registration per wait)."""
         loop = _running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        waiting = self.waiting.get(loop)
+        fd = self._read_fd
+        if woken and self.wake is not None:
+            with self._lock:
+                if self.is_set:
+                    return
+                self._woken += 1
+            fd = self.wake.fileno()
+        waiting = self.waiting.get((loop, fd))
         if waiting is None:  # the first waiter of this loop makes the loop watch the descriptor
-            waiting = self.waiting[loop] = set()
-            loop.add_reader(self._read_fd, _wake_all, waiting)
+            waiting = self.waiting[loop, fd] = set()
+            loop.add_reader(fd, _wake_all, waiting)
         waiting.add(future)
         try:
             await _resolved(loop, future, deadline)
         finally:
             waiting.discard(future)
             if not waiting:
-                del self.waiting[loop]
-                loop.remove_reader(self._read_fd)
+                del self.waiting[loop, fd]
+                loop.remove_reader(fd)
+            if fd != self._read_fd:
+                with self._lock:
+                    self._woken -= 1
 
 
 class AsyncEndpoint(Endpoint):
@@ -226,6 +252,19 @@ class AsyncReceiving(AsyncEndpoint):
 
     def _take_ready(self) -> list[Packet]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def _read_in_loop(self) -> list[Packet]:
+        """What a coroutine takes when the receiver has a wake socket: it may read the pipe
+        itself, in the loop's thread, without waiting (see ``ReceiveCache``)."""
+        return self._take_ready()
+
+    def _expect_wake(self) -> bool:
+        """Ask writers to wake the wake socket at the next commit; ``False`` if something may
+        be read already."""
+        return False
+
+    def _wake_expected(self) -> None:
+        """Take back :meth:`_expect_wake`'s request."""
 
     def _take_front(self) -> list[Packet]:
         """The packets ``async for`` took and has not yielded: they come first.  Each
@@ -299,18 +338,33 @@ class AsyncReceiving(AsyncEndpoint):
         if self._claims_in_calls():
             return self._handed(await self._areceive_in_a_thread(limit), copy)
         readiness = self._open_readiness()
+        # With a wake socket, the coroutine reads the pipe itself and writers wake the loop
+        # straight through the socket; else it takes what the caching thread read.
+        take = self._take_ready if readiness.wake is None else self._read_in_loop
         try:
-            packets = self._take_ready()
+            packets = take()
             if packets or limit == 0:
                 return self._handed(packets, copy)
             loop = _running_loop()
             deadline = None if limit is None else loop.time() + limit
             while True:
-                await readiness.wait(deadline)
-                packets = self._take_ready()  # in the loop's thread, as it resumes
+                if readiness.wake is None:
+                    await readiness.wait(deadline)
+                elif self._expect_wake():
+                    try:
+                        await readiness.wait(deadline, woken=True)
+                    finally:
+                        self._wake_expected()
+                        readiness.drain_wake()
+                else:  # something to read already
+                    packets = take()
+                    if packets:
+                        return self._handed(packets, copy)
+                    await readiness.wait(deadline)  # the caching thread is reading it: it sets readiness
+                packets = take()  # in the loop's thread, as it resumes
                 if packets or (deadline is not None and loop.time() >= deadline):
                     return self._handed(packets, copy)
-                if readiness.retired:  # closed, and reopened already (else _take_ready raised)
+                if readiness.retired:  # closed, and reopened already (else take() raised)
                     raise PipeClosedError(f"receiver of pipe {self._shown!r} was closed while a coroutine awaited it")
         finally:
             readiness.release()

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import posix_ipc
 
 from . import _layout as L
-from . import _lock, _shm
+from . import _lock, _shm, _wake
 from ._limits import DEFAULT_CAPACITY, size_mismatch
 from .errors import (
     CapacityMismatchError,
@@ -29,6 +29,7 @@ from .errors import (
 )
 
 _WOKEN_ROLES = (L.ROLE_RECEIVER, L.ROLE_MEMBER)  # who sleeps waiting for data
+WAKE_COROUTINE = _wake.WAKE_COROUTINE
 
 
 class Slot:
@@ -68,6 +69,8 @@ class Pipe:
         self.lock = _lock.WriterLock(_shm.lock_path(name), create=create_lock)
         self._semaphores: dict[int, posix_ipc.Semaphore] = {}
         self._writer_semaphore: posix_ipc.Semaphore | None = None
+        self._wake_sender = _wake.WakeSender()
+        self._wake_names: dict[int, tuple[int, bytes]] = {}  # slot index -> (its token, its wake socket's name)
         self.closed = False
 
     def __repr__(self) -> str:
@@ -170,11 +173,23 @@ class Pipe:
 
         Writers of both models call this after publishing, on every commit; hence the
         precomputed slot bases (which also clip a hostile ``slot_high`` to the table).
+        A slot marked :data:`~pipebit._wake.WAKE_COROUTINE` gets a datagram to its wake
+        socket instead, and its semaphore only if that fails: a coroutine awaits it in an
+        event loop, and reads for itself, so the receiver's thread may sleep on.
         """
         h = self.header
         for index, base in enumerate(L.SLOT_BASES[: h[L.SLOT_HIGH]]):
-            if h[base + L.S_WAITING] and h[base + L.S_ROLE] in _WOKEN_ROLES:
+            waiting = h[base + L.S_WAITING]
+            if waiting and h[base + L.S_ROLE] in _WOKEN_ROLES:
+                if waiting & WAKE_COROUTINE and self._wake_coroutine(index, h[base + L.S_TOKEN]):
+                    continue
                 self.slot_semaphore(index).release()
+
+    def _wake_coroutine(self, index: int, token: int) -> bool:
+        name = self._wake_names.get(index)
+        if name is None or name[0] != token:
+            name = self._wake_names[index] = (token, _wake.address(self.name, index, token))
+        return self._wake_sender.wake(name[1])
 
     def writer_semaphore(self) -> posix_ipc.Semaphore:
         """The semaphore writers waiting for room sleep on (cached)."""
@@ -206,6 +221,7 @@ class Pipe:
         for sem in self._semaphores.values():
             sem.close()
         self._semaphores.clear()
+        self._wake_sender.close()
         if self._writer_semaphore is not None:
             self._writer_semaphore.close()
             self._writer_semaphore = None

@@ -204,27 +204,40 @@ class ReceiveCache(AsyncReceiving):
                 packets = reader.read(*room)
                 problem = reader.problem
                 if packets or problem is not None:
-                    with self._mutex:
-                        if not self._cache:
-                            self._cache_start = start
-                        if reader.framed and not self._views_cached:
-                            self._views_cached = any(type(p) is Held for p in packets)
-                        self._cache += packets
-                        self._cached_bytes += reader.bytes_read
-                        if problem is not None:  # for receive() to raise after these packets
-                            self._problem, self._problem_at = problem, len(self._cache)
-                            self._problem_end = reader.position()
-                        if self._ready is not None:
-                            self._ready.set()
-                        if self._waiters:
-                            self._cond.notify_all()
+                    self._add_to_cache(packets, start)
                     # The cache holds them now.  Held here too, the views of a framed record
                     # would outlive receive()'s copies of them, and keep senders waiting for
                     # as long as the application stays in receive() calls (this thread does
                     # not read then, so nothing would replace them).
                     del packets
-                elif not self._callers:
-                    self._wait_for_data(reader)
+                    continue
+                if self._ready is None:
+                    if not self._callers:
+                        self._wait_for_data(reader)
+                    continue
+            # Event mode: it sleeps without the read lock, which an awaiting coroutine takes
+            # to read for itself (_read_in_loop()).
+            self._wait_for_data(reader)
+
+    def _add_to_cache(self, packets: list[Packet], start: Any) -> None:
+        """Cache what a read returned (``start``: where it began), with the damage it met."""
+        reader = self._reader
+        assert reader is not None
+        problem = reader.problem
+        with self._mutex:
+            if not self._cache:
+                self._cache_start = start
+            if reader.framed and not self._views_cached:
+                self._views_cached = any(type(p) is Held for p in packets)
+            self._cache += packets
+            self._cached_bytes += reader.bytes_read
+            if problem is not None:  # for receive() to raise after these packets
+                self._problem, self._problem_at = problem, len(self._cache)
+                self._problem_end = reader.position()
+            if self._ready is not None:
+                self._ready.set()
+            if self._waiters:
+                self._cond.notify_all()
 
     def _wait_for_data(self, reader: SafeReader) -> None:
         """The caching thread, with nothing to read: sleep until a writer commits.
@@ -271,6 +284,9 @@ class ReceiveCache(AsyncReceiving):
             ready = self._ready
             if ready is None:
                 ready = self._ready = Readiness()
+                reader = self._reader
+                if reader is not None and self._reads_in_caller:
+                    ready.wake = reader.bind_wake_socket()
                 if self._cache or self._problem is not None or not self._collecting:
                     ready.set()
                 self._cond.notify_all()  # the thread stops leaving the pipe to receive() calls
@@ -291,6 +307,40 @@ class ReceiveCache(AsyncReceiving):
             assert self._worker is not None
             self._worker.check()
         return []
+
+    def _read_in_loop(self) -> list[Packet]:
+        """A coroutine reads the pipe for itself, in the loop's thread, if nothing waits in the
+        cache and no one else reads right now (never waits: ``[]`` then); raises what
+        ``receive()`` would raise.  What it reads it returns whole, in the same step of the
+        coroutine, so that a cancellation cannot come between."""
+        with self._mutex:
+            waiting = self._front or self._cache or self._problem is not None
+            reader = self._require_open()
+            if waiting or not self._read_lock.acquire(blocking=False):  # the caching thread reads: it sets readiness
+                reader = None
+        if reader is None:
+            return self._take_ready()
+        try:
+            start = reader.position()
+            packets: list[Packet] = reader.read(self._max_cached, READ_BYTES)
+            if reader.problem is not None:  # raised after these packets, as receive() does
+                self._add_to_cache(packets, start)
+                return self._take_ready()
+        finally:
+            self._read_lock.release()
+        if packets:
+            with self._mutex:
+                self._returned += len(packets)
+        return packets
+
+    def _expect_wake(self) -> bool:
+        reader = self._reader
+        return reader is not None and reader.expect_wake()
+
+    def _wake_expected(self) -> None:
+        reader = self._reader
+        if reader is not None:
+            reader.wake_expected()
 
     def _retire_readiness(self) -> None:
         """Closing: waiting coroutines wake and raise PipeClosedError.  Under the mutex."""

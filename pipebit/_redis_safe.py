@@ -227,6 +227,16 @@ class RedisSafeReader(RedisMember):
 
     wait_in_call = wait
 
+    # No wake socket: a Redis server wakes this receiver's caching thread, which reads.
+    def bind_wake_socket(self) -> None:
+        return None
+
+    def expect_wake(self) -> bool:
+        return False
+
+    def wake_expected(self) -> None:
+        pass
+
     def keepalive(self) -> None:
         """Check in (without reading) if a second has passed since the last time: a receiver
         whose cache is full must not look dead to the senders."""

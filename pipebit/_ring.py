@@ -36,6 +36,7 @@ from . import _layout as L
 from ._arrays import numpy_module
 from ._frames import Rest
 from ._pipe import Pipe, Slot
+from ._wake import WAKE_COROUTINE, WAKE_SEMAPHORE
 from .errors import CorruptPacketError, PipeClosedError
 
 # How long a blocked writer sleeps before re-checking, and how often it probes
@@ -305,6 +306,8 @@ class RingReader:
         # live holds.  The cursor writers see stays at the oldest of them (see _hold()).
         self.framed = False
         self._held: dict[int, int] = {}
+        # Guards _held, the shared cursor and the waiting word of our slot: a finalizer, the
+        # caching thread and a coroutine's loop may each touch them.
         self._held_lock = threading.Lock()
         self._decoding_at = 0
         self._let_go_at_last = False  # closed while views were out: the last one lets the slot go
@@ -404,15 +407,14 @@ class RingReader:
     def _advance(self, cursor: int, next_seq: int, count: int) -> None:
         h = self.pipe.header
         base = self.slot.base
-        self.cursor = cursor
         self.next_seq = next_seq
         h[base + _S_NEXT_SEQ] = next_seq
         h[base + _S_COUNT] += count
-        if self._held:  # views are out: the oldest viewed record is as far as writers may go
-            with self._held_lock:
-                h[base + _S_CURSOR] = self._shared_cursor()
-        else:
-            h[base + _S_CURSOR] = cursor  # the bytes below are now the writers' again
+        with self._held_lock:  # wait() in another thread may be putting the shared cursor right
+            self.cursor = cursor
+            # With views out, the oldest viewed record is as far as writers may go; else
+            # the bytes below the cursor are now the writers' again.
+            h[base + _S_CURSOR] = self._shared_cursor() if self._held else cursor
         if h[_WRITERS_WAITING]:
             self.pipe.writer_semaphore().release()
 
@@ -465,20 +467,33 @@ class RingReader:
                 return False
         return True
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a writer commits (or ``timeout`` seconds pass); ``True`` if data is there."""
+    def _restore_shared_cursor(self) -> None:
+        """Before sleeping: if our shared cursor was overwritten, writers would wait on a
+        position we are not at, and we would sleep for ever.  Only this receiver knows
+        where it is."""
         h = self.pipe.header
         base = self.slot.base
         with self._held_lock:
             shared = self._shared_cursor()
-        if h[base + _S_CURSOR] != shared and h[base + _S_TOKEN] == self.slot.token:
-            # Our shared cursor was overwritten: writers would wait on a position we are not
-            # at, and we would sleep for ever.  Only this receiver knows where it is.
+            if h[base + _S_CURSOR] == shared or h[base + _S_TOKEN] != self.slot.token:
+                return
             h[base + _S_CURSOR] = shared
-            if h[_WRITERS_WAITING]:
-                self.pipe.writer_semaphore().release()
-        flag = base + L.S_WAITING
-        h[flag] = 1
+        if h[_WRITERS_WAITING]:
+            self.pipe.writer_semaphore().release()
+
+    def _mark_waiting(self, bit: int, on: bool) -> None:
+        """Set or clear one bit of our slot's ``waiting`` word (a thread sleeping on the
+        semaphore, a coroutine awaiting its wake socket: both may wait at once)."""
+        h = self.pipe.header
+        flag = self.slot.base + L.S_WAITING
+        with self._held_lock:
+            h[flag] = h[flag] | bit if on else h[flag] & ~bit
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a writer commits (or ``timeout`` seconds pass); ``True`` if data is there."""
+        h = self.pipe.header
+        self._restore_shared_cursor()
+        self._mark_waiting(WAKE_SEMAPHORE, True)
         try:
             fence()
             if h[L.HEAD] != self.cursor:
@@ -486,7 +501,22 @@ class RingReader:
             _shm.sleep_on(self.semaphore, timeout)
             return h[L.HEAD] != self.cursor
         finally:
-            h[flag] = 0
+            self._mark_waiting(WAKE_SEMAPHORE, False)
+
+    def expect_wake(self) -> bool:
+        """Mark our slot for a datagram to our wake socket at the next commit (a coroutine is
+        about to await it: see :mod:`pipebit._wake`); ``False``, unmarked, if data is there
+        already.  :meth:`wake_expected` takes the mark off."""
+        self._restore_shared_cursor()
+        self._mark_waiting(WAKE_COROUTINE, True)
+        fence()
+        if self.pipe.header[L.HEAD] != self.cursor:
+            self._mark_waiting(WAKE_COROUTINE, False)
+            return False
+        return True
+
+    def wake_expected(self) -> None:
+        self._mark_waiting(WAKE_COROUTINE, False)
 
     def interrupt(self) -> None:
         """Wake a thread sleeping in :meth:`wait` (used to stop it)."""

@@ -22,6 +22,7 @@ from ._group import GroupMember, join
 from ._limits import DEFAULT_CAPACITY, MAX_RECORD_PACKETS, max_packet_bytes
 from ._pipe import Pipe, Slot, attach
 from ._ring import Aborted, RingReader, RingWriter, start_position
+from ._wake import WakeSocket, address
 from .errors import PipeClosedError
 
 # spin="auto": a waiting receive() polls up to this long before sleeping, but only while
@@ -150,6 +151,15 @@ class ShmSafeReader(RingReader, Attachment):
         self.shown = name
         self._spin = spin  # None: "auto"
         self._quick = False  # "auto": the last packet waited for came within AUTO_SPIN_NS
+
+    def bind_wake_socket(self) -> WakeSocket | None:
+        """A socket bound to the name writers wake a coroutine through (see
+        :mod:`pipebit._wake`), for the caller to keep and close; ``None`` if the name
+        cannot be bound (then coroutines are woken through the caching thread)."""
+        try:
+            return WakeSocket(address(self.pipe.name, self.slot.index, self.slot.token))
+        except OSError:
+            return None
 
     def position(self) -> tuple[int, int]:
         """Where the next read starts: (cursor, next sequence number)."""

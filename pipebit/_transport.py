@@ -26,6 +26,7 @@ from ._limits import Packet, Sendable, check_group
 from ._shm_fast import ShmFastReader, ShmFastWriter
 from ._shm_safe import ShmGroupReader, ShmSafeReader, ShmSafeWriter
 from ._stats import EndpointStats, PipeStats
+from ._wake import WakeSocket
 
 Log = Callable[[str], None]
 
@@ -109,6 +110,22 @@ class SafeReader(Backend, Protocol):
 
     def interrupt(self) -> None:
         """Make a :meth:`wait` in another thread return now."""
+        ...
+
+    def bind_wake_socket(self) -> WakeSocket | None:
+        """A socket, for the caller to keep and close, that becomes readable at the next
+        commit once :meth:`expect_wake` has returned ``True``: an event loop reads the pipe
+        from its own thread when it is.  ``None`` if this back-end has none (then only the
+        caching thread reads)."""
+        ...
+
+    def expect_wake(self) -> bool:
+        """Ask for a wake-up through :meth:`wake_socket` at the next commit; ``False`` (and
+        none asked for) if something may be read already."""
+        ...
+
+    def wake_expected(self) -> None:
+        """Take back :meth:`expect_wake`'s request."""
         ...
 
     def keepalive(self) -> None:

@@ -517,7 +517,7 @@ class SafeReceiver(ReceiveCache, GroupReceive):
                 self._take_cache()  # raises it
             assert self._worker is not None
             self._worker.check()
-            if not self._reads_in_caller:
+            if not self._reads_in_caller or self._ready is not None:  # only the caching thread reads
                 return self._wait_for_cache(limit)
             self._callers += 1
             # Taken under the mutex with the cache empty, the pipe stays ours and the cache
