@@ -13,33 +13,28 @@ Guarantees
   coroutine raise :class:`PipeClosedError`.
 
 Mechanism: a receiver in *event mode* (switched on by its first ``areceive()``,
-``async for`` or ``fileno()``) keeps a :class:`Readiness`: one file descriptor,
-readable while packets wait for the application.  A Safe receiver's caching
-thread reads ahead into its cache (without leaving the pipe to ``receive()``
-calls as it otherwise does) and sets the descriptor when the cache gains packets;
-a Fast receiver gets a watcher thread (:class:`LatestValueWatcher`) that holds
-the newest value.  Why a descriptor rather than ``call_soon_threadsafe`` per
-waiting future: it holds the state in the kernel, level-triggered, so no wake-up
-can be lost between "nothing there" and "now waiting", it costs a system call
-only when the cache goes from empty to not empty (not per packet), it wakes the
-loop's ``epoll`` directly (tens of microseconds, no polling: an idle waiter costs
-nothing), and the same descriptor serves ``selectors``, Tk's
-``createfilehandler`` and other loops through ``fileno()``.  Senders wait for room
-with ``call_soon_threadsafe`` from the delivery thread instead: their waits are
-rare (a full queue) and need no descriptor to outlive them.
+``async for`` or ``fileno()``) keeps a :class:`~pipebit._readiness.Readiness`: one
+file descriptor, readable while packets wait for the application (why a descriptor:
+see :mod:`pipebit._readiness`).  A Safe receiver's caching thread reads ahead into
+its cache and sets the descriptor when the cache gains packets; a Fast receiver
+gets a watcher thread (:class:`LatestValueWatcher`) that holds the newest value.
+Over shared memory a coroutine that finds nothing reads the pipe itself instead,
+woken by the writers through its wake socket (:mod:`pipebit._wake`): one wake-up
+per packet, the loop's.  Senders wait for room with ``call_soon_threadsafe`` from
+the delivery thread: their waits are rare (a full queue) and need no descriptor
+to outlive them.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._endpoint import Endpoint
 from ._limits import DEFAULT_RECEIVE_TIMEOUT, Packet, Sendable, check_timeout
+from ._readiness import Readiness, _resolved, _running_loop, _wake
 from ._worker import Worker
 from .errors import CorruptPacketError, InvalidArgumentError, PipeClosedError, PipeTimeoutError
 
@@ -47,9 +42,7 @@ if TYPE_CHECKING:
     import asyncio
 
     from ._transport import FastReader
-    from ._wake import WakeSocket
 
-_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes 8-byte counts; a pipe takes any byte
 # A helper thread that waits for a coroutine looks this often whether it was cancelled.
 THREAD_SLICE = 0.25
 # `async for` lets the loop run other tasks after this many packets of one batch (a batch
@@ -57,164 +50,10 @@ THREAD_SLICE = 0.25
 YIELD_EVERY = 256
 
 
-def _running_loop() -> asyncio.AbstractEventLoop:
-    # Imported here: asyncio costs ~35 ms to import, and only coroutines (whose caller
-    # has it loaded already) need it.
-    import asyncio  # noqa: PLC0415 - see above
-
-    return asyncio.get_running_loop()
-
-
 async def _let_others_run() -> None:
     import asyncio  # noqa: PLC0415 - see _running_loop()
 
     await asyncio.sleep(0)
-
-
-def _wake(future: asyncio.Future[None]) -> None:
-    """Resolve ``future`` (in its loop's thread); it carries no packet, so cancelling it loses none."""
-    if not future.done():
-        future.set_result(None)
-
-
-def _wake_all(futures: set[asyncio.Future[None]]) -> None:
-    for future in futures:
-        if not future.done():
-            future.set_result(None)
-
-
-async def _resolved(loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], deadline: float | None) -> None:
-    """Await ``future``, resolved at loop time ``deadline`` at the latest."""
-    timer = None if deadline is None else loop.call_at(deadline, _wake, future)
-    try:
-        await future
-    finally:
-        if timer is not None:
-            timer.cancel()
-
-
-class Readiness:
-    """A file descriptor that is readable while an endpoint holds something to take.
-
-    An ``eventfd`` on Linux (Python 3.10+), otherwise the read end of a pipe.  Its
-    owner calls :meth:`set` after it gains packets and :meth:`clear` when they are
-    taken, under its own mutex, so the level always matches its state; each is a
-    system call only on a change.  Coroutines that wait on it count as ``users``;
-    :meth:`retire` (closing) leaves it readable for ever and closes it once the last
-    user has left the loop's selector, so that no loop ever watches a closed number.
-    """
-
-    def __init__(self) -> None:
-        self._read_fd: int
-        self._write_fd: int
-        eventfd = getattr(os, "eventfd", None)
-        if eventfd is not None:
-            self._read_fd = self._write_fd = eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        else:
-            self._read_fd, self._write_fd = os.pipe()
-            os.set_blocking(self._read_fd, False)
-            os.set_blocking(self._write_fd, False)
-        self._lock = threading.Lock()
-        self.is_set = False
-        self._users = 0
-        self.retired = self._closed = False
-        # The futures waiting, per event loop and descriptor, each loop watching each once.
-        self.waiting: dict[tuple[asyncio.AbstractEventLoop, int], set[asyncio.Future[None]]] = {}
-        # A receiver's socket that writers wake a waiting coroutine through (pipebit._wake):
-        # the endpoint binds it when it has one; closed with the descriptor.
-        self.wake: WakeSocket | None = None
-        self._woken = 0  # coroutines watching the wake socket rather than the descriptor
-
-    def fileno(self) -> int:
-        return self._read_fd
-
-    def set(self) -> None:
-        if not self.is_set:
-            with self._lock:
-                if not self.is_set and not self._closed:
-                    self.is_set = True
-                    os.write(self._write_fd, _ONE)
-                    if self._woken and self.wake is not None:  # coroutines watch the wake socket instead
-                        self.wake.poke()
-
-    def clear(self) -> None:
-        if self.is_set:
-            with self._lock:
-                if self.is_set and not self.retired and not self._closed:
-                    self.is_set = False
-                    try:
-                        os.read(self._read_fd, 64)
-                    except BlockingIOError:  # not written yet: nothing to drain
-                        pass
-
-    def drain_wake(self) -> None:
-        with self._lock:
-            if self.wake is not None and not self._closed:
-                self.wake.drain()
-
-    def use(self) -> None:
-        with self._lock:
-            self._users += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            if self.retired and not self._users:
-                self._close()
-
-    def retire(self) -> None:
-        """The endpoint closes: readable from now on, closed once no coroutine uses it."""
-        self.set()
-        with self._lock:
-            self.retired = True
-            if not self._users:
-                self._close()
-
-    def forget(self) -> None:
-        """In a forked child: close this process's copies of the descriptors."""
-        with self._lock:
-            self.retired = True
-            self._close()
-
-    def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        os.close(self._read_fd)
-        if self._write_fd != self._read_fd:
-            os.close(self._write_fd)
-        if self.wake is not None:
-            self.wake.close()
-
-    async def wait(self, deadline: float | None, *, woken: bool = False) -> None:
-        """Return once the descriptor is readable (or at loop time ``deadline``); the caller
-        looks at the endpoint's state after.  With ``woken``, the loop watches the wake
-        socket instead, which :meth:`set` then wakes too (one descriptor to watch, not two:
-        each costs the loop a registration per wait)."""
-        loop = _running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        fd = self._read_fd
-        if woken and self.wake is not None:
-            with self._lock:
-                if self.is_set:
-                    return
-                self._woken += 1
-            fd = self.wake.fileno()
-        waiting = self.waiting.get((loop, fd))
-        if waiting is None:  # the first waiter of this loop makes the loop watch the descriptor
-            waiting = self.waiting[loop, fd] = set()
-            loop.add_reader(fd, _wake_all, waiting)
-        waiting.add(future)
-        try:
-            await _resolved(loop, future, deadline)
-        finally:
-            waiting.discard(future)
-            if not waiting:
-                del self.waiting[loop, fd]
-                loop.remove_reader(fd)
-            if fd != self._read_fd:
-                with self._lock:
-                    self._woken -= 1
 
 
 class AsyncEndpoint(Endpoint):
@@ -355,7 +194,6 @@ class AsyncReceiving(AsyncEndpoint):
                         await readiness.wait(deadline, woken=True)
                     finally:
                         self._wake_expected()
-                        readiness.drain_wake()
                 else:  # something to read already
                     packets = take()
                     if packets:

@@ -14,9 +14,10 @@ import threading
 import time
 from typing import Any
 
-from ._async import AsyncReceiving, Readiness
+from ._async import AsyncReceiving
 from ._frames import Held, release_views
 from ._limits import Packet
+from ._readiness import Readiness
 from ._transport import SafeReader
 from ._worker import Worker
 

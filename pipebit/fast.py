@@ -28,7 +28,7 @@ import warnings
 from typing import Iterator, Union
 
 from . import _codec, _transport
-from ._async import AsyncReceiving, AsyncSending, LatestValueWatcher, Readiness, wait_in_thread
+from ._async import AsyncReceiving, AsyncSending, LatestValueWatcher, wait_in_thread
 from ._limits import (
     DEFAULT_RECEIVE_TIMEOUT,
     FAST_STARTS,
@@ -42,6 +42,7 @@ from ._limits import (
     check_start,
     check_timeout,
 )
+from ._readiness import Readiness
 from .errors import PipeClosedError, PipeTimeoutError, UndeliveredPacketsWarning
 
 __all__ = ["FastReceiver", "FastSender"]
