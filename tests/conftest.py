@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 
@@ -96,11 +96,12 @@ class Reaper:
     def __init__(self) -> None:
         self.children: list[subprocess.Popen[str]] = []
 
-    def spawn(self, code: str, *args: str, **popen: object) -> subprocess.Popen[str]:
-        """Run ``code`` in a fresh interpreter (``sys.argv[1:] == args``), pipes for stdout/stderr."""
+    def spawn(self, code: str, *args: str, prefix: Sequence[str] = (), **popen: object) -> subprocess.Popen[str]:
+        """Run ``code`` in a fresh interpreter (``sys.argv[1:] == args``), pipes for stdout/stderr;
+        ``prefix`` is a command that runs the interpreter (``["unshare", "-n"]``)."""
         popen.setdefault("stdout", subprocess.PIPE)
         popen.setdefault("stderr", subprocess.PIPE)
-        child = subprocess.Popen([sys.executable, "-c", code, *args], text=True, **popen)  # type: ignore[call-overload]
+        child = subprocess.Popen([*prefix, sys.executable, "-c", code, *args], text=True, **popen)  # type: ignore[call-overload]
         self.children.append(child)
         return child
 
