@@ -58,25 +58,34 @@ def semaphore_name(name: str, which: str) -> str:
     return f"/{SEGMENT_PREFIX}{_token(name)}.{which}"
 
 
+MAKE_DIR_ATTEMPTS = 100  # user_dir(): a directory removed as often as it is made is not a race any more
+
+
 def user_dir(*, create: bool = True) -> Path:
     """The per-user lock directory, created ``0700`` on first use and checked to be ours.
     With ``create=False`` (for looking only) a missing directory is not made: its path
     comes back, and reading it raises ``FileNotFoundError``."""
     base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
     path = base / f"pipebit-{os.getuid()}"
-    if create:
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            raise PipeBitError(f"cannot create PipeBit's lock directory {path}: {exc}") from exc
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
+    for attempt in range(MAKE_DIR_ATTEMPTS):
         if create:
-            raise
-        return path
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise PipeBitError(f"cannot create PipeBit's lock directory {path}: {exc}") from exc
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            if not create:
+                return path
+            if attempt == MAKE_DIR_ATTEMPTS - 1:
+                raise
+            # Removed since mkdir() found it: a process removing the user's last pipe takes
+            # the directory too (under the lifecycle lock, which this may be about to take).
+            continue
+        break
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise PipePermissionError(
             f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; "

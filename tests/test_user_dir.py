@@ -166,3 +166,46 @@ def test_a_lock_on_a_removed_directory_excludes_no_one() -> None:
         "lifecycle_past_a_stale_lock": True,
         "lifecycle_past_a_held_lock": False,
     }
+
+
+DIRECTORY_REMOVED_MEANWHILE = r"""
+import os, threading
+from pipebit import _shm
+path = _shm.user_dir()
+stop = threading.Event()
+
+def remove_it_again_and_again():
+    while not stop.is_set():
+        try:
+            os.rmdir(path)  # as a process removing the user's last pipe does
+        except OSError:
+            pass
+
+remover = threading.Thread(target=remove_it_again_and_again)
+remover.start()
+failures = 0
+try:
+    for _ in range(20000):
+        try:
+            _shm.user_dir()
+        except FileNotFoundError:
+            failures += 1
+finally:
+    stop.set()
+    remover.join()
+print(failures)
+"""
+
+
+def test_the_directory_removed_between_making_and_checking_it_is_made_again() -> None:
+    """user_dir() makes the directory, then checks it; a process removing the user's last
+    pipe may take it in between (lifecycle() calls user_dir() before it holds the lock)."""
+    result = subprocess.run(
+        [*_prefix(), sys.executable, "-c", DIRECTORY_REMOVED_MEANWHILE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "0"
