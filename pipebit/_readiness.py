@@ -220,6 +220,8 @@ class Readiness:
                 self._woken += 1
                 waiting = self._wake_waiting.get(loop)
                 if waiting is None:  # this loop starts watching it, and keeps watching it
+                    for gone in [other for other in self._wake_waiting if other.is_closed()]:
+                        del self._wake_waiting[gone]  # (asyncio.run() ended: its selector went with it)
                     waiting = self._wake_waiting[loop] = set()
                     loop.add_reader(wake.fileno(), self._woken_up, loop)
                 waiting.add(future)
