@@ -380,7 +380,7 @@ def decode_batch(
     """
     if payload and payload[0] == FRAME_FIRST_BYTE:  # a framed record
         try:
-            return decode_framed(payload, count, hold or _hold_copy, _unpack_options, _unpack_ext), None  # type: ignore[return-value]
+            return decode_framed(payload, count, hold or _hold_copy, _unpack_options, _unpack_ext), None
         except Exception as exc:
             return [], _damage_kind(exc)(
                 f"framed record of {count} packet(s) does not decode ({exc.__class__.__name__}: {exc}); "

@@ -164,9 +164,9 @@ def decode_framed(
     hold: Callable[[Buffer], Any],
     options: dict[str, Any],
     ext_hook: Callable[[int, bytes], object],
-) -> list[Held]:
-    """The packets of a framed record's payload; ``ValueError`` (or msgpack's own errors)
-    if it is not one PipeBit wrote.
+) -> list[Any]:
+    """The packets of a framed record's payload -- ``Held`` lists if they view it -- or
+    ``ValueError`` (or msgpack's own errors) if it is not one PipeBit wrote.
 
     ``hold(payload)`` is called once, at the first out-of-band array, and returns a
     read-only uint8 ndarray over the payload that the arrays will view (the reader
@@ -219,6 +219,8 @@ def decode_framed(
         packets = [[unpacker.unpack() for _ in range(unpacker.read_array_header())]]
     if type(packets) is not list or len(packets) != count or any(type(p) is not list for p in packets):
         raise ValueError(f"a framed record holds no array of {count} packets")
+    if base is None:  # nothing views the record (its out-of-band values were bytes, copied): plain lists
+        return packets
     return [Held(p) for p in packets]
 
 

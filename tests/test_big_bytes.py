@@ -101,6 +101,7 @@ def test_large_bytes_arrive_as_bytes_wherever_they_stand(name: str, reaper: Any,
         got = _receive_until_done(receiver, copy=copy)
         assert child.wait(30) == 0, child.describe()
     assert got == _as_received(_expected())
+    assert all(type(packet) is list for packet in got)  # never the internal Held list
     _assert_all_bytes(got)
 
 
