@@ -84,6 +84,7 @@ class Endpoint:
         self._debug = check_debug(debug)
         self._create = bool(create)
         self._backend: Backend | None = None
+        self._close_lock = threading.Lock()  # one close_connection() at a time
         self._closed_reason = "it was closed with close_connection()"
         if self._debug:
             _enable_debug_output()
@@ -141,6 +142,7 @@ class Endpoint:
     def _forget_after_fork(self) -> None:
         """In a forked child: drop this endpoint's copies of the parent's resources.  Subclasses
         renew their locks and queues, then call this."""
+        self._close_lock = threading.Lock()  # the parent may have held it at fork time
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.forget()

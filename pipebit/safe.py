@@ -163,8 +163,12 @@ class SafeSender(SendQueue):
         disconnect.  Packets that could not be delivered in time are dropped with an
         :class:`UndeliveredPacketsWarning` saying how many.  A ``send()`` waiting for room
         in another thread raises :class:`PipeClosedError` (its packet is not accepted).
-        Idempotent.
+        Idempotent; a second thread closing meanwhile waits for the first to finish.
         """
+        with self._close_lock:
+            self._close_sender(timeout)
+
+    def _close_sender(self, timeout: float | None) -> None:
         writer, worker = self._writer, self._worker
         if writer is None or worker is None:
             return
@@ -195,7 +199,7 @@ class SafeSender(SendQueue):
                 f"pipe {self._shown!r}: {lost} packet(s) were not delivered before the sender closed "
                 f"(waited {limit}s; {writer.stall_hint})",
                 UndeliveredPacketsWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
 
     def _forget_after_fork(self) -> None:
@@ -401,8 +405,12 @@ class SafeReceiver(ReceiveCache, GroupReceive):
         """Detach from the pipe and stop caching.  Packets cached but not yet returned by
         ``receive()`` are let go (reconnecting reads them again, if the pipe still holds
         them); a ``receive()`` waiting in another thread raises :class:`PipeClosedError`.
-        Idempotent.
+        Idempotent; a second thread closing meanwhile waits for the first to finish.
         """
+        with self._close_lock:
+            self._close_receiver()
+
+    def _close_receiver(self) -> None:
         if self._group is not None:
             self._close_member()
             return

@@ -352,3 +352,37 @@ def test_big_packets_come_a_few_per_receive_call_and_all_in_order(name: str) -> 
     assert all(p[1] == bytes([p[0]]) * big for p in packets)
     # Each call holds at most what reaches READ_BYTES plus the record that crossed it.
     assert all(len(call) * big <= _receive_cache.READ_BYTES + 2 * big for call in calls), [len(c) for c in calls]
+
+
+@both_transports
+def test_two_threads_closing_at_once_is_one_close(name: str) -> None:
+    """close_connection() from two threads at once (an exit handler and the main thread,
+    say): no error in either, nothing lost, and each returns once the endpoint is closed."""
+    problems: list[str] = []
+    for round_ in range(30):
+        sender, receiver = pipebit.SafeSender(name, 0), pipebit.SafeReceiver(name, 0)
+        for i in range(50):
+            sender.send([round_, i])
+        for endpoint in (sender, receiver):
+
+            def close(endpoint: Any = endpoint, round_: int = round_) -> None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("error")
+                        endpoint.close_connection()
+                    if not endpoint.closed:
+                        problems.append(f"round {round_}: close_connection() returned before the close")
+                except Exception as exc:
+                    problems.append(f"round {round_}: {exc!r}")
+
+            if endpoint is receiver:
+                with pipebit.SafeReceiver(name, 0, start="oldest") as check:
+                    got = receive_n(check, 50 * (round_ + 1), timeout=30)
+                if got[-50:] != [[round_, i] for i in range(50)]:
+                    problems.append(f"round {round_}: the sender's packets did not all arrive")
+            threads = [threading.Thread(target=close) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+    assert problems == []
