@@ -68,8 +68,13 @@ def _age(timestamp: float | None) -> str:
 
 
 def _state(stats: PipeStats) -> str:
-    """``stale`` (no live process attached), ``blocked`` (a sender waits for room) or ``live``."""
-    return "stale" if stats.stale else "blocked" if stats.writers_waiting else "live"
+    """``stale`` (no live process attached), ``blocked`` (a sender waits for room), ``group``
+    (no live process attached, but a receiver group is owed packets) or ``live``."""
+    if stats.stale:
+        return "stale"
+    if stats.writers_waiting:
+        return "blocked"
+    return "live" if any(p.alive for p in stats.participants) else "group"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
@@ -267,8 +272,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
     SEND and RECV count live senders and receivers; LAG is the packets the slowest
     live receiver has not read; GROUPS names each receiver group with its live
-    members.  STATE is live, blocked (a sender waits for a receiver to read) or
-    stale (no live process attached and no group owed packets: see `pipebit clean`).
+    members.  STATE is live, blocked (a sender waits for a receiver to read), group
+    (no live process attached, but a receiver group is owed packets: they wait for
+    its next member) or stale (no live process attached and no group owed packets:
+    see `pipebit clean`).
     With URL, or while PIPEBIT_URL is set, the pipes on that Redis server.
 
     example:

@@ -392,6 +392,9 @@ def test_ls_and_stat_show_groups(name: str) -> None:
         assert json.loads(as_json.stdout)["groups"][0]["unacked"] == 4
     finally:
         member.close_connection()
+    ls = subprocess.run([sys.executable, "-m", "pipebit", "ls"], capture_output=True, text=True, timeout=30, check=True)
+    row = next(line for line in ls.stdout.splitlines() if line.startswith(name))
+    assert row.split()[-1] == "group"  # no one attached, but the group is owed the rest
 
 
 @both_transports
