@@ -83,16 +83,17 @@ def _prefix() -> tuple[str, ...]:
     return prefix
 
 
-def test_clean_and_rm_leave_no_directory_behind() -> None:
+def _run_in_private_shm(code: str) -> str:
+    """Run ``code`` in a fresh interpreter with a /dev/shm of its own; its stdout."""
     result = subprocess.run(
-        [*_prefix(), sys.executable, "-c", CLEAN_LEAVES_NOTHING],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        [*_prefix(), sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    out = json.loads(result.stdout.splitlines()[-1])
+    return result.stdout
+
+
+def test_clean_and_rm_leave_no_directory_behind() -> None:
+    out = json.loads(_run_in_private_shm(CLEAN_LEAVES_NOTHING).splitlines()[-1])
     assert out["clean_with_a_live_pipe"].splitlines() == ["removed stale_fast", "removed stale_safe"]
     assert out["after_clean_with_a_live_pipe"] == ["live.lock", "live.slot00"]  # kept: not empty
     assert out["clean"] == "removed live\n"
@@ -155,11 +156,7 @@ print(json.dumps(out))
 
 
 def test_a_lock_on_a_removed_directory_excludes_no_one() -> None:
-    result = subprocess.run(
-        [*_prefix(), sys.executable, "-c", STALE_LOCK], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads(result.stdout.splitlines()[-1]) == {
+    assert json.loads(_run_in_private_shm(STALE_LOCK).splitlines()[-1]) == {
         "still_there_before": True,
         "exists_after_remove": False,
         "still_there_after": False,
@@ -200,12 +197,4 @@ print(failures)
 def test_the_directory_removed_between_making_and_checking_it_is_made_again() -> None:
     """user_dir() makes the directory, then checks it; a process removing the user's last
     pipe may take it in between (lifecycle() calls user_dir() before it holds the lock)."""
-    result = subprocess.run(
-        [*_prefix(), sys.executable, "-c", DIRECTORY_REMOVED_MEANWHILE],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "0"
+    assert _run_in_private_shm(DIRECTORY_REMOVED_MEANWHILE).strip() == "0"
