@@ -315,11 +315,11 @@ class ReceiveCache(AsyncReceiving):
         ``receive()`` would raise.  What it reads it returns whole, in the same step of the
         coroutine, so that a cancellation cannot come between."""
         with self._mutex:
-            waiting = self._front or self._cache or self._problem is not None
             reader = self._require_open()
-            if waiting or not self._read_lock.acquire(blocking=False):  # the caching thread reads: it sets readiness
-                reader = None
-        if reader is None:
+            cached = bool(self._front or self._cache or self._problem is not None)
+            # The read lock taken means the caching thread reads now: it sets readiness after.
+            reads = not cached and self._read_lock.acquire(blocking=False)
+        if not reads:
             return self._take_ready()
         try:
             start = reader.position()

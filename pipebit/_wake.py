@@ -96,9 +96,9 @@ class WakeSocket:
         return self._socket.fileno()
 
     def drain(self) -> None:
-        """Read the wake-ups waiting (one, nearly always: a writer sends one only while the
-        slot is marked, and the mark goes as the coroutine wakes).  Any left over make the
-        next wait return at once, to find nothing new and wait again: harmless."""
+        """Read a wake-up (one waits, nearly always: a writer sends one only while the slot
+        is marked, and the mark goes as the coroutine wakes).  Any left over keep the socket
+        readable, so the loop calls back once more for each: harmless."""
         try:
             self._socket.recv(64)
         except OSError:  # BlockingIOError: none came (the wait timed out, or was cancelled)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -121,15 +122,7 @@ def test_every_python_block_runs(page: Path) -> None:
     prefix = private_shm_prefix("256m") or ()
     before = set() if prefix else {p.name for p in pipebit.list_pipes()}
     try:
-        result = subprocess.run(
-            [*prefix, sys.executable, "-c", RUNNER, str(page.relative_to(ROOT))],
-            input=json.dumps(cells(page)),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-            cwd=ROOT,
-        )
+        result = run_cells(page, ROOT, shown=str(page.relative_to(ROOT)), prefix=prefix, timeout=180)
     finally:
         if not prefix:  # no private /dev/shm: remove what the page made
             for stats in pipebit.list_pipes():
@@ -171,13 +164,17 @@ def test_the_runner_finds_blocks_and_a_failing_block_fails(tmp_path: Path) -> No
     assert "$ echo one" in result.stderr
 
 
-def run_cells(page: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cells(
+    page: Path, cwd: Path, *, shown: str = "", prefix: Sequence[str] = (), timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the page's blocks in a fresh interpreter in ``cwd`` (under ``prefix``, a command such
+    as a private /dev/shm's), the page named ``shown`` (default: its file name) in errors."""
     return subprocess.run(
-        [sys.executable, "-c", RUNNER, page.name],
+        [*prefix, sys.executable, "-c", RUNNER, shown or page.name],
         input=json.dumps(cells(page)),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
         cwd=cwd,
     )
